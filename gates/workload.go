@@ -1,0 +1,251 @@
+package gates
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// Labels the engine and its tools put on objects, read by the gates.
+const (
+	StackNamespaceLabel = "com.docker.stack.namespace"
+	ComposeProjectLabel = "com.docker.compose.project"
+	SwarmTaskLabel      = "com.docker.swarm.task.id"
+	DroneRepoLabel      = "io.drone.repo.slug"
+	DroneBuildLabel     = "io.drone.build.number"
+)
+
+// SwarmRole is what this engine is in a swarm.
+type SwarmRole string
+
+// The roles a snapshot can carry. SwarmUnavailable is a swarm the engine belongs to but cannot
+// report on (locked, error, pending): the gates fail closed on it.
+const (
+	SwarmNone        SwarmRole = "none"
+	SwarmManager     SwarmRole = "manager"
+	SwarmWorker      SwarmRole = "worker"
+	SwarmUnavailable SwarmRole = "unavailable"
+)
+
+// Service is one swarm service with its task counts.
+type Service struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Stack string `json:"stack,omitempty"`
+	// Mode is replicated, global, replicated-job or global-job.
+	Mode string `json:"mode"`
+	// StatusKnown is false when the daemon did not report task counts (API below 1.41).
+	StatusKnown bool   `json:"status_known"`
+	Running     uint64 `json:"running"`
+	Desired     uint64 `json:"desired"`
+	// UpdateState is the service's UpdateStatus.State ("updating", "rollback_started", ...), or "".
+	UpdateState string `json:"update_state,omitempty"`
+}
+
+// IsJob reports whether the service runs to completion rather than staying up.
+func (s Service) IsJob() bool { return strings.HasSuffix(s.Mode, "-job") }
+
+// Container is one container that is running, paused or restarting, as the gates need it.
+type Container struct {
+	ID     string            `json:"id"`
+	Name   string            `json:"name"`
+	Labels map[string]string `json:"labels,omitempty"`
+	// State is the engine's state word: running, paused, restarting, created, ...
+	State string `json:"state"`
+	// Health is "starting", "healthy", "unhealthy" or "" when the container has no healthcheck.
+	Health string `json:"health,omitempty"`
+}
+
+// Workload is one snapshot of what runs on the engine.
+type Workload struct {
+	Swarm SwarmRole `json:"swarm"`
+	// SwarmError is the engine's own words when Swarm is SwarmUnavailable.
+	SwarmError string `json:"swarm_error,omitempty"`
+	// Services is filled on a manager only.
+	Services []Service `json:"services,omitempty"`
+	// Containers holds the live containers (running, paused, restarting).
+	Containers []Container `json:"containers,omitempty"`
+	// Self is the ID (or its 12-character prefix, as the container's hostname) of the plugin's
+	// own container, when it runs in one; never a live run.
+	Self string `json:"-"`
+}
+
+// LabelSelector matches a label by key, or by key and value.
+type LabelSelector struct {
+	Key      string
+	Value    string
+	HasValue bool
+}
+
+// String renders the selector the way it is written in settings.
+func (l LabelSelector) String() string {
+	if l.HasValue {
+		return l.Key + "=" + l.Value
+	}
+	return l.Key
+}
+
+// Matches reports whether labels carry this selector.
+func (l LabelSelector) Matches(labels map[string]string) bool {
+	v, ok := labels[l.Key]
+	return ok && (!l.HasValue || v == l.Value)
+}
+
+// OwnBuild names the CI build the plugin runs in, so that its own step containers are not
+// mistaken for a live run.
+type OwnBuild struct {
+	Repo   string
+	Number string
+}
+
+// Owns reports whether a container belongs to this build, by the labels Drone's runner sets.
+func (b OwnBuild) Owns(labels map[string]string) bool {
+	return b.Repo != "" && b.Number != "" &&
+		labels[DroneRepoLabel] == b.Repo && labels[DroneBuildLabel] == b.Number
+}
+
+// RunPolicy says what a live CI run looks like on this host.
+type RunPolicy struct {
+	// Patterns match stack, compose project, service and container names.
+	Patterns []*regexp.Regexp
+	// Labels match running containers.
+	Labels []LabelSelector
+	// Own is the plugin's own build, ignored by Labels.
+	Own OwnBuild
+}
+
+func (w Workload) isSelf(c Container) bool {
+	return w.Self != "" && len(w.Self) >= 12 && strings.HasPrefix(c.ID, w.Self)
+}
+
+// LiveRuns closes the gate when any live run matches the policy. With neither patterns nor labels
+// it stays open and says loudly that it had nothing to look for.
+func LiveRuns(w Workload, p RunPolicy) Verdict {
+	v := Verdict{Gate: NoRunGate}
+	if len(p.Patterns) == 0 && len(p.Labels) == 0 {
+		v.Open = true
+		v.Reason = "no stack_pattern or run_labels set: this gate cannot see CI runs and lets every prune through"
+		v.Warnings = append(v.Warnings, "NO-RUN GATE IS BLIND: set stack_pattern or run_labels so a live CI run holds the prune")
+		return v
+	}
+	if w.Swarm == SwarmUnavailable {
+		v.Reason = "swarm state cannot be read, so live stacks cannot be ruled out: " + w.SwarmError
+		return v
+	}
+	seen := map[string]bool{}
+	add := func(what string) {
+		if !seen[what] {
+			seen[what] = true
+			v.Evidence = append(v.Evidence, what)
+		}
+	}
+	match := func(name string) string {
+		for _, re := range p.Patterns {
+			if name != "" && re.MatchString(name) {
+				return re.String()
+			}
+		}
+		return ""
+	}
+	for _, s := range w.Services {
+		if re := match(s.Stack); re != "" {
+			add(fmt.Sprintf("swarm stack %q (service %s) matches %q", s.Stack, s.Name, re))
+		}
+		if re := match(s.Name); re != "" {
+			add(fmt.Sprintf("swarm service %q matches %q", s.Name, re))
+		}
+	}
+	for _, c := range w.Containers {
+		if w.isSelf(c) {
+			continue
+		}
+		if stack := c.Labels[StackNamespaceLabel]; match(stack) != "" {
+			add(fmt.Sprintf("swarm stack %q (container %s) matches %q", stack, c.Name, match(stack)))
+		}
+		if project := c.Labels[ComposeProjectLabel]; match(project) != "" {
+			add(fmt.Sprintf("compose project %q (container %s) matches %q", project, c.Name, match(project)))
+		}
+		if re := match(c.Name); re != "" {
+			add(fmt.Sprintf("container %q (%s) matches %q", c.Name, c.State, re))
+		}
+		if p.Own.Owns(c.Labels) {
+			continue
+		}
+		for _, sel := range p.Labels {
+			if sel.Matches(c.Labels) {
+				add(fmt.Sprintf("container %q carries run label %s", c.Name, sel))
+			}
+		}
+	}
+	sort.Strings(v.Evidence)
+	if len(v.Evidence) > 0 {
+		v.Reason = fmt.Sprintf("%d live run(s) found", len(v.Evidence))
+		return v
+	}
+	v.Open = true
+	v.Reason = "no live run matches " + describePolicy(p)
+	return v
+}
+
+func describePolicy(p RunPolicy) string {
+	var parts []string
+	for _, re := range p.Patterns {
+		parts = append(parts, fmt.Sprintf("%q", re.String()))
+	}
+	for _, l := range p.Labels {
+		parts = append(parts, "label "+l.String())
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Unconverged closes the gate while anything on the engine is still settling: a swarm service
+// short of its desired tasks or mid-update, a restarting container, a health check still starting.
+func Unconverged(w Workload) Verdict {
+	v := Verdict{Gate: NoConvergeGate}
+	switch w.Swarm {
+	case SwarmUnavailable:
+		v.Reason = "swarm state cannot be read, so convergence cannot be judged: " + w.SwarmError
+		return v
+	case SwarmWorker:
+		v.Warnings = append(v.Warnings, "worker node: the cluster's services cannot be listed here, so only this node's own task containers and other containers are checked")
+	case SwarmNone:
+		v.Warnings = append(v.Warnings, "not in a swarm: only container checks apply")
+	}
+	for _, s := range w.Services {
+		switch {
+		case s.UpdateState == "updating" || s.UpdateState == "rollback_started":
+			v.Evidence = append(v.Evidence, fmt.Sprintf("service %s is %s (%d/%d running)", s.Name, strings.ReplaceAll(s.UpdateState, "_", " "), s.Running, s.Desired))
+		case !s.StatusKnown:
+			v.Evidence = append(v.Evidence, fmt.Sprintf("service %s: the daemon reported no task counts", s.Name))
+		case s.IsJob():
+			// A job's desired count is what is still to run; a finished job reports 0/0 and a
+			// running one is doing its work, not converging towards a state.
+		case s.Running < s.Desired:
+			v.Evidence = append(v.Evidence, fmt.Sprintf("service %s has %d/%d tasks running", s.Name, s.Running, s.Desired))
+		}
+	}
+	for _, c := range w.Containers {
+		if w.isSelf(c) {
+			continue
+		}
+		switch {
+		case c.State == "restarting":
+			v.Evidence = append(v.Evidence, fmt.Sprintf("container %s is restarting", c.Name))
+		case c.Health == "starting":
+			v.Evidence = append(v.Evidence, fmt.Sprintf("container %s health is starting", c.Name))
+		case w.Swarm == SwarmWorker && c.Labels[SwarmTaskLabel] != "" && c.State == "created":
+			v.Evidence = append(v.Evidence, fmt.Sprintf("task container %s is created but not started", c.Name))
+		}
+	}
+	if len(v.Evidence) > 0 {
+		v.Reason = fmt.Sprintf("%d thing(s) still converging", len(v.Evidence))
+		return v
+	}
+	v.Open = true
+	v.Reason = "every service is at its desired task count and no container is restarting or starting"
+	if w.Swarm != SwarmManager {
+		v.Reason = "no container is restarting or starting"
+	}
+	return v
+}

@@ -1,0 +1,385 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/image"
+	"github.com/docker/docker/api/types/swarm"
+	"github.com/docker/docker/api/types/versions"
+	"github.com/docker/docker/client"
+
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
+)
+
+// Engine asks the Docker Engine the questions the run needs, one method per question, and turns
+// the answers into the gates' snapshots. Every call has its own deadline.
+type Engine struct {
+	api *client.Client
+	// QueryTimeout bounds each read (info, lists); PruneTimeout bounds each prune.
+	QueryTimeout time.Duration
+	PruneTimeout time.Duration
+}
+
+// NewEngine connects the way the docker CLI does: DOCKER_HOST, DOCKER_API_VERSION and TLS settings
+// from the environment, API version negotiated with the daemon on the first call. httpClient, when
+// not nil, replaces the default transport (the benchmarks count requests with it).
+func NewEngine(httpClient *http.Client) (*Engine, error) {
+	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	if httpClient != nil {
+		opts = append(opts, client.WithHTTPClient(httpClient))
+	}
+	api, err := client.NewClientWithOpts(opts...)
+	if err != nil {
+		return nil, &RuntimeError{What: "connecting to the Docker daemon", Err: err}
+	}
+	return &Engine{api: api, QueryTimeout: 30 * time.Second, PruneTimeout: 5 * time.Minute}, nil
+}
+
+// Close releases the client's connections.
+func (e *Engine) Close() error { return e.api.Close() }
+
+// Host is the daemon address in use, for messages.
+func (e *Engine) Host() string { return e.api.DaemonHost() }
+
+func (e *Engine) query(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, e.QueryTimeout)
+}
+
+// DataRoot asks the daemon where it keeps its data (GET /info), so the disk gate measures the
+// filesystem that fills up.
+func (e *Engine) DataRoot(ctx context.Context) (string, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	info, err := e.api.Info(ctx)
+	if err != nil {
+		return "", e.failed("asking the daemon for its data root (GET /info)", err)
+	}
+	return info.DockerRootDir, nil
+}
+
+// Snapshot is one look at what runs on the engine, with the daemon's clock at that moment.
+type Snapshot struct {
+	Workload   gates.Workload
+	DaemonTime time.Time
+	// APIVersion is the negotiated Engine API version.
+	APIVersion string
+}
+
+// Workload asks the daemon for its swarm role (GET /info), the swarm services with their task
+// counts (GET /services?status=true, managers only) and the live containers (GET /containers/json);
+// on a worker also the node's own task containers in any state. The number of calls does not grow
+// with the number of objects.
+func (e *Engine) Workload(ctx context.Context) (Snapshot, error) {
+	var s Snapshot
+	qctx, cancel := e.query(ctx)
+	defer cancel()
+	info, err := e.api.Info(qctx)
+	if err != nil {
+		return s, e.failed("asking the daemon for its swarm state (GET /info)", err)
+	}
+	s.APIVersion = e.api.ClientVersion()
+	s.DaemonTime, err = time.Parse(time.RFC3339Nano, info.SystemTime)
+	if err != nil {
+		return s, &RuntimeError{What: "reading the daemon's clock from GET /info", Err: err}
+	}
+	self, _ := os.Hostname()
+	s.Workload.Self = self
+	s.Workload.Swarm = swarmRole(info.Swarm)
+	if s.Workload.Swarm == gates.SwarmUnavailable {
+		s.Workload.SwarmError = fmt.Sprintf("node state %q %s", info.Swarm.LocalNodeState, info.Swarm.Error)
+	}
+	if s.Workload.Swarm == gates.SwarmManager {
+		services, err := e.services(ctx)
+		switch {
+		case cerrdefs.IsUnavailable(err):
+			// Demoted between the two calls: judge it as a worker.
+			s.Workload.Swarm = gates.SwarmWorker
+		case err != nil:
+			return s, err
+		default:
+			s.Workload.Services = services
+		}
+	}
+	s.Workload.Containers, err = e.liveContainers(ctx, container.ListOptions{})
+	if err != nil {
+		return s, err
+	}
+	if s.Workload.Swarm == gates.SwarmWorker {
+		tasks, err := e.liveContainers(ctx, container.ListOptions{All: true,
+			Filters: filters.NewArgs(filters.Arg("label", gates.SwarmTaskLabel), filters.Arg("status", "created"))})
+		if err != nil {
+			return s, err
+		}
+		s.Workload.Containers = append(s.Workload.Containers, tasks...)
+	}
+	return s, nil
+}
+
+func swarmRole(info swarm.Info) gates.SwarmRole {
+	switch info.LocalNodeState {
+	case swarm.LocalNodeStateInactive, "":
+		return gates.SwarmNone
+	case swarm.LocalNodeStateActive:
+		if info.ControlAvailable {
+			return gates.SwarmManager
+		}
+		return gates.SwarmWorker
+	}
+	return gates.SwarmUnavailable
+}
+
+// services lists swarm services with their running and desired task counts.
+func (e *Engine) services(ctx context.Context) ([]gates.Service, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	list, err := e.api.ServiceList(ctx, swarm.ServiceListOptions{Status: true})
+	if cerrdefs.IsUnavailable(err) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, e.failed("listing swarm services for the no-run and no-converge gates (GET /services)", err)
+	}
+	out := make([]gates.Service, 0, len(list))
+	for _, sv := range list {
+		g := gates.Service{ID: sv.ID, Name: sv.Spec.Name, Stack: sv.Spec.Labels[gates.StackNamespaceLabel], Mode: serviceMode(sv.Spec.Mode)}
+		if sv.ServiceStatus != nil {
+			g.StatusKnown, g.Running, g.Desired = true, sv.ServiceStatus.RunningTasks, sv.ServiceStatus.DesiredTasks
+		}
+		if sv.UpdateStatus != nil {
+			g.UpdateState = string(sv.UpdateStatus.State)
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
+func serviceMode(m swarm.ServiceMode) string {
+	switch {
+	case m.Global != nil:
+		return "global"
+	case m.ReplicatedJob != nil:
+		return "replicated-job"
+	case m.GlobalJob != nil:
+		return "global-job"
+	}
+	return "replicated"
+}
+
+// liveContainers lists containers (by default the running, paused and restarting ones).
+func (e *Engine) liveContainers(ctx context.Context, opts container.ListOptions) ([]gates.Container, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	list, err := e.api.ContainerList(ctx, opts)
+	if err != nil {
+		return nil, e.failed("listing containers for the no-run and no-converge gates (GET /containers/json)", err)
+	}
+	out := make([]gates.Container, 0, len(list))
+	for _, c := range list {
+		out = append(out, gates.Container{ID: c.ID, Name: containerName(c.Names), Labels: c.Labels, State: c.State, Health: health(c.Status)})
+	}
+	return out, nil
+}
+
+func containerName(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return strings.TrimPrefix(names[0], "/")
+}
+
+// health reads the health word from the list's Status text ("Up 3 seconds (health: starting)").
+func health(status string) string {
+	switch {
+	case strings.Contains(status, "(health: starting)"):
+		return "starting"
+	case strings.Contains(status, "(unhealthy)"):
+		return "unhealthy"
+	case strings.Contains(status, "(healthy)"):
+		return "healthy"
+	}
+	return ""
+}
+
+// Object is one thing a phase removes or would remove.
+type Object struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name,omitempty"`
+	Size    int64     `json:"size,omitempty"`
+	Created time.Time `json:"created,omitempty"`
+}
+
+func pruneFilters(cutoff time.Time, labels []gates.LabelSelector) filters.Args {
+	f := filters.NewArgs(filters.Arg("until", strconv.FormatInt(cutoff.Unix(), 10)))
+	for _, l := range labels {
+		f.Add("label", l.String())
+	}
+	return f
+}
+
+// StoppedContainers lists what the container prune removes: created, exited and dead containers
+// created before cutoff and carrying labels. withSize asks for each writable layer's size, which
+// makes the daemon walk every layer (dry runs only).
+func (e *Engine) StoppedContainers(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector, withSize bool) ([]Object, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	f := filters.NewArgs(filters.Arg("status", "created"), filters.Arg("status", "exited"), filters.Arg("status", "dead"))
+	for _, l := range labels {
+		f.Add("label", l.String())
+	}
+	list, err := e.api.ContainerList(ctx, container.ListOptions{All: true, Size: withSize, Filters: f})
+	if err != nil {
+		return nil, e.failed("listing stopped containers (GET /containers/json)", err)
+	}
+	var out []Object
+	for _, c := range list {
+		if c.Created < cutoff.Unix() {
+			out = append(out, Object{ID: c.ID, Name: containerName(c.Names), Size: c.SizeRw, Created: time.Unix(c.Created, 0)})
+		}
+	}
+	return out, nil
+}
+
+// ImagesInUse lists the image IDs used by containers, running or stopped, other than the ones
+// in skip: the engine refuses to remove those images.
+func (e *Engine) ImagesInUse(ctx context.Context, skip map[string]bool) (map[string]bool, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	list, err := e.api.ContainerList(ctx, container.ListOptions{All: true})
+	if err != nil {
+		return nil, e.failed("listing containers to find images in use (GET /containers/json)", err)
+	}
+	used := map[string]bool{}
+	for _, c := range list {
+		if !skip[c.ID] {
+			used[c.ImageID] = true
+		}
+	}
+	return used, nil
+}
+
+// DanglingImages lists what the image prune considers: untagged top-level images created before
+// cutoff and carrying labels. In-use images are among them; the engine skips those.
+func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector) ([]Object, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	f := filters.NewArgs(filters.Arg("dangling", "true"))
+	for _, l := range labels {
+		f.Add("label", l.String())
+	}
+	list, err := e.api.ImageList(ctx, image.ListOptions{Filters: f})
+	if err != nil {
+		return nil, e.failed("listing dangling images (GET /images/json)", err)
+	}
+	var out []Object
+	for _, im := range list {
+		if im.Created < cutoff.Unix() {
+			out = append(out, Object{ID: im.ID, Size: im.Size, Created: time.Unix(im.Created, 0)})
+		}
+	}
+	return out, nil
+}
+
+// UnusedBuildCache lists what the build-cache prune removes without --all: records not in use,
+// not shared with images, not internal or frontend, and last used before cutoff (or never).
+func (e *Engine) UnusedBuildCache(ctx context.Context, cutoff time.Time) ([]Object, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	var opts types.DiskUsageOptions
+	if versions.GreaterThanOrEqualTo(e.api.ClientVersion(), "1.42") {
+		opts.Types = []types.DiskUsageObject{types.BuildCacheObject}
+	}
+	du, err := e.api.DiskUsage(ctx, opts)
+	if err != nil {
+		return nil, e.failed("listing build cache (GET /system/df)", err)
+	}
+	var out []Object
+	for _, r := range du.BuildCache {
+		if r.InUse || r.Shared || r.Type == "internal" || r.Type == "frontend" {
+			continue
+		}
+		if r.LastUsedAt != nil && !r.LastUsedAt.Before(cutoff) {
+			continue
+		}
+		out = append(out, Object{ID: r.ID, Name: r.Description, Size: r.Size, Created: r.CreatedAt})
+	}
+	return out, nil
+}
+
+// ErrPruneRunning marks a phase skipped because another prune of the same kind was running on
+// the daemon (HTTP 409 "a prune operation is already running").
+var ErrPruneRunning = errors.New("another prune is already running on the daemon")
+
+func (e *Engine) pruneErr(what string, err error) error {
+	if cerrdefs.IsConflict(err) {
+		return fmt.Errorf("%w (%v)", ErrPruneRunning, err)
+	}
+	return e.failed(what, err)
+}
+
+// PruneContainers removes stopped containers created before cutoff (POST /containers/prune).
+func (e *Engine) PruneContainers(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector) ([]string, uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.PruneTimeout)
+	defer cancel()
+	r, err := e.api.ContainersPrune(ctx, pruneFilters(cutoff, labels))
+	if err != nil {
+		return nil, 0, e.pruneErr("pruning stopped containers (POST /containers/prune)", err)
+	}
+	return r.ContainersDeleted, r.SpaceReclaimed, nil
+}
+
+// PruneDanglingImages removes dangling images created before cutoff (POST /images/prune with
+// dangling=true, never false). It returns the image and layer IDs deleted and the tags removed.
+func (e *Engine) PruneDanglingImages(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector) (deleted, untagged []string, reclaimed uint64, err error) {
+	ctx, cancel := context.WithTimeout(ctx, e.PruneTimeout)
+	defer cancel()
+	f := pruneFilters(cutoff, labels)
+	f.Add("dangling", "true")
+	r, err := e.api.ImagesPrune(ctx, f)
+	if err != nil {
+		return nil, nil, 0, e.pruneErr("pruning dangling images (POST /images/prune)", err)
+	}
+	for _, d := range r.ImagesDeleted {
+		if d.Deleted != "" {
+			deleted = append(deleted, d.Deleted)
+		}
+		if d.Untagged != "" {
+			untagged = append(untagged, d.Untagged)
+		}
+	}
+	return deleted, untagged, r.SpaceReclaimed, nil
+}
+
+// PruneBuildCache removes unused build cache last used before cutoff (POST /build/prune, never
+// --all). The engine ignores label filters here, so none are sent.
+func (e *Engine) PruneBuildCache(ctx context.Context, cutoff time.Time) ([]string, uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.PruneTimeout)
+	defer cancel()
+	r, err := e.api.BuildCachePrune(ctx, build.CachePruneOptions{Filters: pruneFilters(cutoff, nil)})
+	if err != nil {
+		return nil, 0, e.pruneErr("pruning build cache (POST /build/prune)", err)
+	}
+	return r.CachesDeleted, r.SpaceReclaimed, nil
+}
+
+// failed wraps an Engine API error as a runtime error that names the call and the daemon.
+func (e *Engine) failed(what string, err error) error {
+	if client.IsErrConnectionFailed(err) {
+		return &RuntimeError{What: what, Err: fmt.Errorf("daemon unreachable at %s: %w", e.api.DaemonHost(), err)}
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return &RuntimeError{What: what, Err: fmt.Errorf("no answer from %s in time: %w", e.api.DaemonHost(), err)}
+	}
+	return &RuntimeError{What: what, Err: err}
+}

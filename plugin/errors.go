@@ -1,0 +1,59 @@
+package plugin
+
+import "fmt"
+
+// Exit codes, as SPEC's table gives them.
+const (
+	ExitOK      = 0
+	ExitRuntime = 1
+	ExitInvalid = 2
+	ExitPolicy  = 3
+)
+
+// SettingError is an invalid or unknown setting: exit 2, nothing contacted.
+type SettingError struct {
+	Key      string
+	Value    string
+	Accepted string
+	// Unknown marks a PLUGIN_* variable that names no setting; Suggest is the closest one.
+	Unknown bool
+	Suggest string
+}
+
+func (e *SettingError) Error() string {
+	if e.Unknown {
+		msg := fmt.Sprintf("unknown setting %s (from %s)", e.Key, EnvName(e.Key))
+		if e.Suggest != "" {
+			msg += fmt.Sprintf(": did you mean %s?", e.Suggest)
+		}
+		return msg
+	}
+	return fmt.Sprintf("invalid setting %s=%q: expected %s", e.Key, e.Value, e.Accepted)
+}
+
+// ExitCode is 2.
+func (e *SettingError) ExitCode() int { return ExitInvalid }
+
+// PolicyError is a policy violation: a request to widen the scope, or the disk still at or above
+// fail_above when the run ends. Exit 3.
+type PolicyError struct{ Reason string }
+
+func (e *PolicyError) Error() string { return "policy violation: " + e.Reason }
+
+// ExitCode is 3.
+func (e *PolicyError) ExitCode() int { return ExitPolicy }
+
+// RuntimeError is a failure while running: the daemon, an API call, a timeout or a signal. Exit 1.
+type RuntimeError struct {
+	// What says what was being done ("listing services for the no-converge gate").
+	What string
+	Err  error
+}
+
+func (e *RuntimeError) Error() string { return e.What + ": " + e.Err.Error() }
+
+// Unwrap exposes the cause.
+func (e *RuntimeError) Unwrap() error { return e.Err }
+
+// ExitCode is 1.
+func (e *RuntimeError) ExitCode() int { return ExitRuntime }

@@ -1,0 +1,114 @@
+package plugin
+
+import (
+	"time"
+
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
+)
+
+// Decisions, as the summary's first line gives them.
+const (
+	DecisionKeptCache = "kept cache: below threshold"
+	DecisionPruned    = "pruned"
+	DecisionDryRun    = "dry run"
+	DecisionError     = "error"
+)
+
+// Prune phases, in the order they run.
+const (
+	PhaseContainers = "containers"
+	PhaseImages     = "images"
+	PhaseBuildCache = "build_cache"
+)
+
+// Phase statuses.
+const (
+	StatusRemoved     = "removed"
+	StatusWouldRemove = "would remove"
+	StatusSkipped     = "skipped"
+	StatusNotRun      = "not run"
+	StatusFailed      = "failed"
+)
+
+// phaseClocks says which time `until` is compared with in each phase (see docs/engine.md).
+var phaseClocks = map[string]string{
+	PhaseContainers: "container created time",
+	PhaseImages:     "image config created time (build time)",
+	PhaseBuildCache: "build-cache record last-used time",
+}
+
+// Report is everything one run did and why: the source of every summary renderer.
+type Report struct {
+	Version  string `json:"version"`
+	Decision string `json:"decision"`
+	DryRun   bool   `json:"dry_run"`
+	Forced   bool   `json:"forced"`
+	// Daemon is the engine address; APIVersion the negotiated Engine API version (empty when the
+	// run ended before asking the daemon anything).
+	Daemon     string `json:"daemon"`
+	APIVersion string `json:"api_version,omitempty"`
+	// Until is the age filter as given; Cutoff the moment it resolved to on the daemon's clock.
+	Until  string     `json:"until"`
+	Cutoff *time.Time `json:"cutoff,omitempty"`
+	// Gates holds the verdicts in the order evaluated; a gate not reached is absent.
+	Gates  []gates.Verdict `json:"gates"`
+	Phases []PhaseReport   `json:"phases"`
+	// DiskBefore and DiskAfter are the readings at the start and at the end.
+	DiskBefore *gates.Filesystem `json:"disk_before,omitempty"`
+	DiskAfter  *gates.Filesystem `json:"disk_after,omitempty"`
+	// FailAbove is the ceiling; CeilingBreached says DiskAfter is at or above it.
+	FailAbove       float64 `json:"fail_above"`
+	CeilingBreached bool    `json:"ceiling_breached"`
+	// Error is the one line that says what failed, for exit code 1.
+	Error           string    `json:"error,omitempty"`
+	ExitCode        int       `json:"exit_code"`
+	StartedAt       time.Time `json:"started_at"`
+	DurationSeconds float64   `json:"duration_seconds"`
+}
+
+// PhaseReport is one prune phase: what it removed (or would remove), or why it did not run.
+type PhaseReport struct {
+	Phase  string `json:"phase"`
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"`
+	// Clock is the time `until` compared against in this phase.
+	Clock string `json:"clock"`
+	// Objects are the containers, images or cache records removed or to be removed.
+	Objects []Object `json:"objects,omitempty"`
+	// Count is len(Objects); Bytes the space reclaimed as the engine reported it (or, in a dry
+	// run, the listed sizes, which overcount layers shared between images).
+	Count int    `json:"count"`
+	Bytes uint64 `json:"bytes"`
+	// Untagged lists tags the image prune removed from in-use images; Layers the image layers freed.
+	Untagged []string `json:"untagged,omitempty"`
+	Layers   int      `json:"layers,omitempty"`
+}
+
+// Gate finds a verdict by gate name.
+func (r *Report) Gate(name string) (gates.Verdict, bool) {
+	for _, v := range r.Gates {
+		if v.Gate == name {
+			return v, true
+		}
+	}
+	return gates.Verdict{}, false
+}
+
+// Phase finds a phase by name.
+func (r *Report) Phase(name string) (PhaseReport, bool) {
+	for _, p := range r.Phases {
+		if p.Phase == name {
+			return p, true
+		}
+	}
+	return PhaseReport{}, false
+}
+
+// Removed is the total objects and bytes removed (or, in a dry run, to be removed).
+func (r *Report) Removed() (count int, bytes uint64) {
+	for _, p := range r.Phases {
+		count += p.Count
+		bytes += p.Bytes
+	}
+	return count, bytes
+}

@@ -1,0 +1,311 @@
+package plugin
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	units "github.com/docker/go-units"
+
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
+)
+
+// CardSchema is the Adaptive Card template Drone's UI renders the card data with (docs/card.json).
+const CardSchema = "https://raw.githubusercontent.com/drone-gated-prune/drone-gated-prune/main/docs/card.json"
+
+func human(b uint64) string { return units.BytesSize(float64(b)) }
+
+// WriteText writes the human summary block.
+func WriteText(w io.Writer, r *Report) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "drone-gated-prune %s\n", r.Version)
+	fmt.Fprintf(&b, "decision: %s\n", r.Decision)
+	if r.Error != "" {
+		fmt.Fprintf(&b, "error: %s\n", r.Error)
+	}
+	mode := "prune"
+	if r.DryRun {
+		mode = "dry run (nothing is removed)"
+	}
+	fmt.Fprintf(&b, "mode: %s; until %s", mode, r.Until)
+	if r.Cutoff != nil {
+		fmt.Fprintf(&b, " (before %s on the daemon's clock)", r.Cutoff.UTC().Format("2006-01-02T15:04:05Z"))
+	}
+	fmt.Fprintf(&b, "; daemon %s", r.Daemon)
+	if r.APIVersion != "" {
+		fmt.Fprintf(&b, " (API %s)", r.APIVersion)
+	}
+	b.WriteString("\ngates:\n")
+	for _, name := range []string{gates.DiskPressureGate, gates.NoRunGate, gates.NoConvergeGate} {
+		v, ok := r.Gate(name)
+		if !ok {
+			fmt.Fprintf(&b, "  %-13s  not evaluated\n", name)
+			continue
+		}
+		state := "CLOSED"
+		if v.Open {
+			state = "open"
+		}
+		fmt.Fprintf(&b, "  %-13s  %-6s  %s\n", name, state, v.Reason)
+		for _, e := range v.Evidence {
+			fmt.Fprintf(&b, "                   - %s\n", e)
+		}
+		for _, w := range v.Warnings {
+			fmt.Fprintf(&b, "                   ! %s\n", w)
+		}
+	}
+	if r.DiskBefore != nil {
+		fmt.Fprintf(&b, "measured: %s (%s)\n", r.DiskBefore.Path, r.DiskBefore.Why)
+	}
+	if len(r.Phases) > 0 {
+		b.WriteString("phases:\n")
+	}
+	for _, p := range r.Phases {
+		line := fmt.Sprintf("  %-11s  %s", p.Phase, p.Status)
+		switch p.Status {
+		case StatusRemoved, StatusWouldRemove:
+			line += fmt.Sprintf(" %d, %s", p.Count, human(p.Bytes))
+			if p.Layers > 0 {
+				line += fmt.Sprintf(" (%d layers)", p.Layers)
+			}
+			if len(p.Untagged) > 0 {
+				line += fmt.Sprintf(", untagged %s", strings.Join(p.Untagged, " "))
+			}
+			line += fmt.Sprintf("; until compared with %s", p.Clock)
+		}
+		if p.Reason != "" {
+			line += ": " + p.Reason
+		}
+		b.WriteString(line + "\n")
+		if p.Status == StatusWouldRemove {
+			for _, o := range p.Objects {
+				fmt.Fprintf(&b, "               %s %s %s\n", shortID(o.ID), o.Name, human(uint64(max(o.Size, 0))))
+			}
+		}
+	}
+	if r.DiskBefore != nil {
+		fmt.Fprintf(&b, "disk before: %s\n", r.DiskBefore)
+	}
+	if r.DiskAfter != nil {
+		fmt.Fprintf(&b, "disk after:  %s", r.DiskAfter)
+		if r.CeilingBreached {
+			fmt.Fprintf(&b, " — AT OR ABOVE fail_above %g%%", r.FailAbove)
+		}
+		b.WriteString("\n")
+	}
+	fmt.Fprintf(&b, "duration: %.3fs; exit %d\n", r.DurationSeconds, r.ExitCode)
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func shortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// WriteJSONFile writes the report as JSON (summary_file, and the card data elsewhere than stdout).
+func WriteJSONFile(path string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return writeAtomic(path, append(data, '\n'))
+}
+
+// writeAtomic replaces path with data through a temporary file and a rename, so that a reader
+// (node_exporter's textfile collector) never sees half a file.
+func writeAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// Card is what Drone's UI binds into the template named by Schema.
+type Card struct {
+	Schema string `json:"schema"`
+	Data   any    `json:"data"`
+}
+
+// WriteCard writes the Drone card: to /dev/stdout (or /dev/stderr) as one write of
+// ESC]1338; + base64(JSON) + ESC]0m on its own line, which the runner lifts out of the log;
+// to any other path as plain JSON.
+func WriteCard(stdout io.Writer, path string, r *Report) error {
+	card := Card{Schema: CardSchema, Data: cardData(r)}
+	if path != "/dev/stdout" && path != "/dev/stderr" {
+		return WriteJSONFile(path, card)
+	}
+	data, err := json.Marshal(card)
+	if err != nil {
+		return err
+	}
+	w := stdout
+	if path == "/dev/stderr" {
+		w = os.Stderr
+	}
+	_, err = io.WriteString(w, "\n\x1b]1338;"+base64.StdEncoding.EncodeToString(data)+"\x1b]0m\n")
+	return err
+}
+
+// cardData flattens the report into the fields the card template shows.
+func cardData(r *Report) map[string]any {
+	gatesData := []map[string]any{}
+	for _, v := range r.Gates {
+		gatesData = append(gatesData, map[string]any{"gate": v.Gate, "open": v.Open, "reason": v.Reason, "evidence": strings.Join(v.Evidence, "; ")})
+	}
+	phases := []map[string]any{}
+	for _, p := range r.Phases {
+		phases = append(phases, map[string]any{"phase": p.Phase, "status": p.Status, "count": p.Count, "reclaimed": human(p.Bytes), "reason": p.Reason})
+	}
+	count, bytes := r.Removed()
+	d := map[string]any{
+		"version": r.Version, "decision": r.Decision, "dry_run": r.DryRun, "gates": gatesData, "phases": phases,
+		"objects": count, "reclaimed": human(bytes), "reclaimed_bytes": bytes, "exit_code": r.ExitCode,
+		"duration": fmt.Sprintf("%.2fs", r.DurationSeconds), "error": r.Error,
+	}
+	if r.DiskBefore != nil {
+		d["disk_path"] = r.DiskBefore.Path
+		d["disk_before"] = fmt.Sprintf("%.1f%%", r.DiskBefore.UsedPercent())
+	}
+	if r.DiskAfter != nil {
+		d["disk_after"] = fmt.Sprintf("%.1f%%", r.DiskAfter.UsedPercent())
+	}
+	return d
+}
+
+// Outputs are the KEY=value pairs written to $DRONE_OUTPUT (Harness CI output variables).
+func Outputs(r *Report) map[string]string {
+	count, bytes := r.Removed()
+	out := map[string]string{
+		"DECISION":        r.Decision,
+		"EXIT_CODE":       fmt.Sprint(r.ExitCode),
+		"OBJECTS_REMOVED": fmt.Sprint(count),
+		"BYTES_RECLAIMED": fmt.Sprint(bytes),
+		"DRY_RUN":         fmt.Sprint(r.DryRun),
+	}
+	for _, p := range r.Phases {
+		key := strings.ToUpper(p.Phase)
+		out[key+"_REMOVED"] = fmt.Sprint(p.Count)
+		out[key+"_BYTES"] = fmt.Sprint(p.Bytes)
+		out[key+"_STATUS"] = p.Status
+	}
+	if r.DiskBefore != nil {
+		out["DISK_PERCENT_BEFORE"] = fmt.Sprintf("%.1f", r.DiskBefore.UsedPercent())
+	}
+	if r.DiskAfter != nil {
+		out["DISK_PERCENT_AFTER"] = fmt.Sprintf("%.1f", r.DiskAfter.UsedPercent())
+	}
+	return out
+}
+
+// WriteOutputs appends the outputs to path as KEY=value lines, one per key, sorted.
+func WriteOutputs(path string, r *Report) error {
+	out := Outputs(r)
+	keys := make([]string, 0, len(out))
+	for k := range out {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%s\n", k, strings.ReplaceAll(out[k], "\n", " "))
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(b.String()); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// Metrics renders the report in Prometheus text format for node_exporter's textfile collector.
+func Metrics(r *Report) string {
+	var b strings.Builder
+	metric := func(name, help, typ string, samples ...string) {
+		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+		for _, s := range samples {
+			fmt.Fprintf(&b, "%s%s\n", name, s)
+		}
+	}
+	metric("drone_gated_prune_last_run_timestamp_seconds", "Unix time the last run started.", "gauge",
+		fmt.Sprintf(" %d", r.StartedAt.Unix()))
+	metric("drone_gated_prune_last_run_duration_seconds", "How long the last run took.", "gauge",
+		fmt.Sprintf(" %g", r.DurationSeconds))
+	metric("drone_gated_prune_last_run_exit_code", "Exit code of the last run.", "gauge", fmt.Sprintf(" %d", r.ExitCode))
+	metric("drone_gated_prune_decision", "1 for the decision the last run took.", "gauge",
+		fmt.Sprintf("{decision=%q,dry_run=\"%t\"} 1", r.Decision, r.DryRun))
+	var gateSamples []string
+	for _, v := range r.Gates {
+		open := 0
+		if v.Open {
+			open = 1
+		}
+		gateSamples = append(gateSamples, fmt.Sprintf("{gate=%q} %d", v.Gate, open))
+	}
+	metric("drone_gated_prune_gate_open", "1 when the gate was open at the end of the last run, 0 when closed.", "gauge", gateSamples...)
+	var objects, bytes []string
+	for _, p := range r.Phases {
+		objects = append(objects, fmt.Sprintf("{phase=%q,status=%q} %d", p.Phase, p.Status, p.Count))
+		bytes = append(bytes, fmt.Sprintf("{phase=%q,status=%q} %d", p.Phase, p.Status, p.Bytes))
+	}
+	metric("drone_gated_prune_objects_removed", "Objects the last run removed (or would remove, in a dry run) per phase.", "gauge", objects...)
+	metric("drone_gated_prune_bytes_reclaimed", "Bytes the last run reclaimed per phase, as the engine reported.", "gauge", bytes...)
+	var disk []string
+	if r.DiskBefore != nil {
+		disk = append(disk, fmt.Sprintf("{when=\"before\",path=%q} %g", r.DiskBefore.Path, r.DiskBefore.UsedPercent()))
+	}
+	if r.DiskAfter != nil {
+		disk = append(disk, fmt.Sprintf("{when=\"after\",path=%q} %g", r.DiskAfter.Path, r.DiskAfter.UsedPercent()))
+	}
+	metric("drone_gated_prune_disk_used_percent", "Percent used of the measured filesystem.", "gauge", disk...)
+	return b.String()
+}
+
+// Emit writes every summary the configuration asks for: text on stdout always, then the card,
+// the outputs, the JSON summary and the metrics. It returns the first write error.
+func Emit(stdout io.Writer, cfg Config, r *Report) error {
+	var errs []error
+	errs = append(errs, WriteText(stdout, r))
+	if cfg.CI.CardPath != "" {
+		errs = append(errs, WriteCard(stdout, cfg.CI.CardPath, r))
+	}
+	if cfg.CI.OutputFile != "" {
+		errs = append(errs, WriteOutputs(cfg.CI.OutputFile, r))
+	}
+	if cfg.SummaryFile != "" {
+		errs = append(errs, WriteJSONFile(cfg.SummaryFile, r))
+	}
+	if cfg.MetricsFile != "" {
+		errs = append(errs, writeAtomic(cfg.MetricsFile, []byte(Metrics(r))))
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
