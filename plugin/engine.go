@@ -73,6 +73,8 @@ func (e *Engine) DataRoot(ctx context.Context) (string, error) {
 type Snapshot struct {
 	Workload   gates.Workload
 	DaemonTime time.Time
+	// LocalTime is this host's clock when the daemon's was read.
+	LocalTime time.Time
 	// APIVersion is the negotiated Engine API version.
 	APIVersion string
 }
@@ -90,6 +92,7 @@ func (e *Engine) Workload(ctx context.Context) (Snapshot, error) {
 		return s, e.failed("asking the daemon for its swarm state (GET /info)", err)
 	}
 	s.APIVersion = e.api.ClientVersion()
+	s.LocalTime = time.Now()
 	s.DaemonTime, err = time.Parse(time.RFC3339Nano, info.SystemTime)
 	if err != nil {
 		return s, &RuntimeError{What: "reading the daemon's clock from GET /info", Err: err}
@@ -362,11 +365,17 @@ func (e *Engine) PruneDanglingImages(ctx context.Context, cutoff time.Time, labe
 }
 
 // PruneBuildCache removes unused build cache last used before cutoff (POST /build/prune, never
-// --all). The engine ignores label filters here, so none are sent.
-func (e *Engine) PruneBuildCache(ctx context.Context, cutoff time.Time) ([]string, uint64, error) {
+// --all). Engines before 23.0 accept only a duration as `until` here (observed on 20.10), so the
+// cutoff is sent as the age it has on the daemon's clock, rounded up so that the daemon's own
+// later "now" can only move the cutoff earlier. The engine ignores label filters here, so none
+// are sent.
+func (e *Engine) PruneBuildCache(ctx context.Context, cutoff, daemonNow time.Time) ([]string, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.PruneTimeout)
 	defer cancel()
-	r, err := e.api.BuildCachePrune(ctx, build.CachePruneOptions{Filters: pruneFilters(cutoff, nil)})
+	age := daemonNow.Sub(cutoff)
+	age = (age + time.Second - 1).Truncate(time.Second) + time.Second
+	f := filters.NewArgs(filters.Arg("until", age.String()))
+	r, err := e.api.BuildCachePrune(ctx, build.CachePruneOptions{Filters: f})
 	if err != nil {
 		return nil, 0, e.pruneErr("pruning build cache (POST /build/prune)", err)
 	}

@@ -115,6 +115,8 @@ func (r *Run) exec(ctx context.Context, rep *Report) error {
 	}
 	cutoff := r.Config.Until.Cutoff(snap.DaemonTime)
 	rep.Cutoff = &cutoff
+	// The daemon's clock, read again from the local one, for the build-cache phase's age.
+	clockOffset := snap.DaemonTime.Sub(snap.LocalTime)
 
 	rep.Phases = []PhaseReport{{Phase: PhaseContainers}, {Phase: PhaseImages}, {Phase: PhaseBuildCache}}
 	var removedContainers map[string]bool
@@ -148,7 +150,7 @@ func (r *Run) exec(ctx context.Context, rep *Report) error {
 		case PhaseImages:
 			err = r.images(ctx, cutoff, removedContainers, ph)
 		case PhaseBuildCache:
-			err = r.buildCache(ctx, cutoff, ph)
+			err = r.buildCache(ctx, cutoff, time.Now().Add(clockOffset), ph)
 		}
 		if errors.Is(err, ErrPruneRunning) {
 			ph.Status, ph.Reason = StatusSkipped, err.Error()
@@ -343,7 +345,7 @@ func (r *Run) images(ctx context.Context, cutoff time.Time, removedContainers ma
 
 // buildCache runs (or lists) the unused build-cache phase; with labels set it is skipped, since
 // the engine ignores labels there and would prune outside them.
-func (r *Run) buildCache(ctx context.Context, cutoff time.Time, ph *PhaseReport) error {
+func (r *Run) buildCache(ctx context.Context, cutoff, daemonNow time.Time, ph *PhaseReport) error {
 	if len(r.Config.Labels) > 0 {
 		ph.Status = StatusSkipped
 		ph.Reason = "labels is set and the engine ignores labels when pruning build cache, so this phase would reach beyond them"
@@ -357,7 +359,7 @@ func (r *Run) buildCache(ctx context.Context, cutoff time.Time, ph *PhaseReport)
 		setObjects(ph, StatusWouldRemove, objs)
 		return nil
 	}
-	ids, bytes, err := r.Engine.PruneBuildCache(ctx, cutoff)
+	ids, bytes, err := r.Engine.PruneBuildCache(ctx, cutoff, daemonNow)
 	if err != nil {
 		return err
 	}

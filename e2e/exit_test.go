@@ -1,0 +1,102 @@
+package e2e
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+
+	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+)
+
+func containerStopOptions() container.StopOptions { t := 1; return container.StopOptions{Timeout: &t} }
+
+// Scenario 7: a dead socket is exit 1 within seconds, one clear line.
+func TestDeadSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "dead.sock")
+	r := runPlugin(t, map[string]string{"DOCKER_HOST": "unix://" + sock, "PLUGIN_FORCE": "true"})
+	if r.code != plugin.ExitRuntime {
+		t.Fatalf("exit %d, want 1", r.code)
+	}
+	if r.elapsed > 5*time.Second {
+		t.Errorf("took %s to give up on a dead socket", r.elapsed)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	if len(lines) != 1 || !strings.Contains(lines[0], "daemon unreachable at unix://"+sock) {
+		t.Errorf("stderr is not one clear line: %q", r.stderr)
+	}
+	if !strings.Contains(r.stdout, "decision: error") {
+		t.Errorf("no summary on stdout")
+	}
+}
+
+// Scenario 8: every exit code of SPEC's table (0 is reached by the tests above).
+func TestExitCodes(t *testing.T) {
+	// 2: an invalid value names the setting and contacts no daemon.
+	sock := filepath.Join(t.TempDir(), "watch.sock")
+	ln, err := net.Listen("unix", sock)
+	must(t, err)
+	defer ln.Close()
+	accepted := make(chan struct{}, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- struct{}{}
+			c.Close()
+		}
+	}()
+	r := runPlugin(t, map[string]string{"DOCKER_HOST": "unix://" + sock, "PLUGIN_THRESHOLD": "120"})
+	if r.code != plugin.ExitInvalid || !strings.Contains(r.stderr, `invalid setting threshold="120"`) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+		t.Errorf("threshold 120: exit %d stderr %q", r.code, r.stderr)
+	}
+	r = runPlugin(t, map[string]string{"DOCKER_HOST": "unix://" + sock, "PLUGIN_TRESHOLD": "70"})
+	if r.code != plugin.ExitInvalid || !strings.Contains(r.stderr, "did you mean threshold?") {
+		t.Errorf("typo: exit %d stderr %q", r.code, r.stderr)
+	}
+	select {
+	case <-accepted:
+		t.Errorf("invalid settings contacted the daemon socket")
+	case <-time.After(100 * time.Millisecond):
+	}
+	// 3: a scope-widening request.
+	for _, key := range []string{"PLUGIN_ALL", "PLUGIN_VOLUMES", "PLUGIN_NETWORKS", "PLUGIN_FILTERS"} {
+		value := "true"
+		if key == "PLUGIN_FILTERS" {
+			value = "dangling=false"
+		}
+		r = runPlugin(t, map[string]string{key: value})
+		if r.code != plugin.ExitPolicy || !strings.Contains(r.stderr, "never prunes tagged images, volumes or networks") {
+			t.Errorf("%s: exit %d stderr %q", key, r.code, r.stderr)
+		}
+	}
+	// 3: the ceiling still breached after the run (any real disk is above 0.1% used).
+	r = runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "0.1", "PLUGIN_FAIL_ABOVE": "0.1", "PLUGIN_DRY_RUN": "true"})
+	if r.code != plugin.ExitPolicy || !r.report.CeilingBreached || !strings.Contains(r.stderr, "fail_above") {
+		t.Errorf("ceiling: exit %d breached %v stderr %q", r.code, r.report.CeilingBreached, r.stderr)
+	}
+	// 3 also below threshold: the ceiling is checked at every ending.
+	r = runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "99.9", "PLUGIN_FAIL_ABOVE": "99.9", "PLUGIN_DISK_PATH": "/"})
+	if r.report.DiskBefore == nil {
+		t.Fatalf("no disk reading: %+v", r.report)
+	}
+	if r.report.DiskBefore.UsedPercent() < 99.9 && (r.code != 0 || r.report.Decision != plugin.DecisionKeptCache) {
+		t.Errorf("below threshold and ceiling: exit %d", r.code)
+	}
+}
+
+// Settings arrive from an env file too, and the command line overrides the environment.
+func TestEnvFileAndFlags(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "prune.env")
+	must(t, os.WriteFile(file, []byte("PLUGIN_THRESHOLD=100\nPLUGIN_FAIL_ABOVE=100\nPLUGIN_DISK_PATH=/\n"), 0o644))
+	r := runPlugin(t, map[string]string{"PLUGIN_ENV_FILE": file})
+	if r.code != 0 || r.report.Decision != plugin.DecisionKeptCache || r.report.APIVersion != "" {
+		t.Errorf("env file: exit %d decision %q api %q (want no daemon call)", r.code, r.report.Decision, r.report.APIVersion)
+	}
+	r = runPlugin(t, map[string]string{"PLUGIN_ENV_FILE": file}, "--force", "--dry-run", "--until", "48h")
+	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun || r.report.Until != "48h" {
+		t.Errorf("flags: exit %d decision %q until %q", r.code, r.report.Decision, r.report.Until)
+	}
+}

@@ -1,0 +1,343 @@
+package e2e
+
+import (
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+)
+
+// fixtureSet is one of everything the policy must either remove or keep. "Old" objects are
+// made before the cutoff, "young" ones after; until is given as that cutoff (RFC 3339), since
+// containers and build cache cannot be backdated.
+type fixtureSet struct {
+	cutoff time.Time
+
+	oldDangling, oldRetagged, youngDangling, usedByStopped string
+	taggedOld                                              string
+	oldStopped, youngStopped, oldRunning                   string
+	vol, net                                               string
+	oldCache, youngCache                                   map[string]bool
+}
+
+func makeFixtures(t *testing.T) fixtureSet {
+	t.Helper()
+	var f fixtureSet
+	ensureSleeperImage(t)
+	before := buildCacheIDs(t)
+	buildCache(t)
+	f.oldCache = map[string]bool{}
+	for id := range buildCacheIDs(t) {
+		if !before[id] {
+			f.oldCache[id] = true
+		}
+	}
+	f.oldDangling = danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	f.oldRetagged, f.taggedOld = retagToDangling(t, time.Now().Add(-48*time.Hour))
+	f.usedByStopped = danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	f.vol = makeVolume(t)
+	f.net = makeNetwork(t)
+	f.oldStopped = makeContainer(t, containerSpec{volume: f.vol})
+	f.oldRunning = makeContainer(t, containerSpec{start: true, network: f.net})
+
+	time.Sleep(1100 * time.Millisecond)
+	f.cutoff = time.Now().Truncate(time.Second)
+	time.Sleep(1100 * time.Millisecond)
+
+	f.youngDangling = danglingImage(t, time.Now(), nil)
+	f.youngStopped = makeContainer(t, containerSpec{image: f.usedByStopped})
+	before = buildCacheIDs(t)
+	buildCache(t)
+	f.youngCache = map[string]bool{}
+	for id := range buildCacheIDs(t) {
+		if !before[id] {
+			f.youngCache[id] = true
+		}
+	}
+	return f
+}
+
+func (f fixtureSet) until() string { return f.cutoff.UTC().Format(time.RFC3339) }
+
+// checkPolicySet asserts that exactly the old, unused, untagged objects went and all else stayed.
+func (f fixtureSet) checkPolicySet(t *testing.T, r result) {
+	t.Helper()
+	for _, id := range []string{f.oldDangling, f.oldRetagged} {
+		if exists("image", id) {
+			t.Errorf("old dangling image %s was not removed", id)
+		}
+	}
+	if exists("container", f.oldStopped) {
+		t.Errorf("old stopped container %s was not removed", f.oldStopped)
+	}
+	for what, id := range map[string]string{"tagged image": f.taggedOld, "image used by a stopped container": f.usedByStopped,
+		"young dangling image": f.youngDangling, "sleeper image": sleeperImage} {
+		if !exists("image", id) {
+			t.Errorf("%s %s was removed", what, id)
+		}
+	}
+	for what, id := range map[string]string{"running container": f.oldRunning, "young stopped container": f.youngStopped} {
+		if !exists("container", id) {
+			t.Errorf("%s %s was removed", what, id)
+		}
+	}
+	if !exists("volume", f.vol) {
+		t.Errorf("volume %s was removed", f.vol)
+	}
+	if !exists("network", f.net) {
+		t.Errorf("network %s was removed", f.net)
+	}
+	cache := buildCacheIDs(t)
+	removedOld := 0
+	for id := range f.oldCache {
+		if !cache[id] {
+			removedOld++
+		}
+	}
+	if removedOld == 0 {
+		t.Errorf("no old build-cache record was removed (old records %v, left %v)", fmtSet(f.oldCache), fmtSet(cache))
+	}
+	for id := range f.youngCache {
+		if !cache[id] {
+			t.Errorf("young build-cache record %s was removed", id)
+		}
+	}
+	if r.code != plugin.ExitOK || r.report.Decision != plugin.DecisionPruned {
+		t.Errorf("exit %d decision %q, want 0 and %q", r.code, r.report.Decision, plugin.DecisionPruned)
+	}
+	if p, _ := r.report.Phase(plugin.PhaseImages); !phaseIDs(r.report, plugin.PhaseImages)[f.oldDangling] || p.Bytes == 0 {
+		t.Errorf("images phase does not report %s with bytes: %+v", f.oldDangling, p)
+	}
+	if !phaseIDs(r.report, plugin.PhaseContainers)[f.oldStopped] {
+		t.Errorf("containers phase does not report %s", f.oldStopped)
+	}
+}
+
+// Scenario 1: below threshold nothing at all is removed.
+func TestBelowThresholdRemovesNothing(t *testing.T) {
+	f := makeFixtures(t)
+	before := takeInventory(t)
+	r := runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "100", "PLUGIN_FAIL_ABOVE": "100", "PLUGIN_UNTIL": f.until()})
+	after := takeInventory(t)
+	if r.code != 0 || r.report.Decision != plugin.DecisionKeptCache {
+		t.Fatalf("exit %d decision %q, want 0 and %q", r.code, r.report.Decision, plugin.DecisionKeptCache)
+	}
+	for kind, pair := range map[string][2]map[string]bool{"images": {before.images, after.images}, "containers": {before.containers, after.containers},
+		"volumes": {before.volumes, after.volumes}, "networks": {before.networks, after.networks}, "build cache": {before.cache, after.cache}} {
+		for id := range pair[0] {
+			if !pair[1][id] {
+				t.Errorf("%s: %s disappeared below threshold", kind, id)
+			}
+		}
+	}
+	if !strings.Contains(r.stdout, "kept cache: below threshold") {
+		t.Errorf("summary does not say the cache was kept")
+	}
+	if len(r.report.Gates) != 1 || r.report.DiskBefore == nil || r.report.DiskBefore.Path != "/var/lib/docker" {
+		t.Errorf("want only the disk gate measured on the data root, got %+v, disk %+v", r.report.Gates, r.report.DiskBefore)
+	}
+}
+
+// Scenario 2: at pressure exactly the policy set goes, via the threshold and via force.
+func TestPressurePrunesPolicySet(t *testing.T) {
+	for name, env := range map[string]map[string]string{
+		"threshold": {"PLUGIN_THRESHOLD": "1", "PLUGIN_FAIL_ABOVE": "100"},
+		"force":     {"PLUGIN_THRESHOLD": "100", "PLUGIN_FAIL_ABOVE": "100", "PLUGIN_FORCE": "true"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := makeFixtures(t)
+			env["PLUGIN_UNTIL"] = f.until()
+			r := runPlugin(t, env)
+			f.checkPolicySet(t, r)
+			if v, _ := r.report.Gate(gates.DiskPressureGate); !v.Open || (name == "force") != strings.HasPrefix(v.Reason, "forced") {
+				t.Errorf("disk gate %+v", v)
+			}
+		})
+	}
+}
+
+// Scenario 2b: the default-style duration until on backdated images: 48h old goes, 1h old stays.
+func TestDurationUntilOnImageCreated(t *testing.T) {
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	recent := danglingImage(t, time.Now().Add(-1*time.Hour), nil)
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "24h"})
+	if r.code != 0 || exists("image", old) || !exists("image", recent) {
+		t.Fatalf("exit %d; 48h-old image exists=%v (want false), 1h-old exists=%v (want true)", r.code, exists("image", old), exists("image", recent))
+	}
+}
+
+// Scenario 3: a live run matching stack_pattern skips the prune and the summary names it.
+func TestLiveRunSkips(t *testing.T) {
+	cases := map[string]struct {
+		setup func(t *testing.T)
+		want  string
+	}{
+		"compose project": {func(t *testing.T) {
+			makeContainer(t, containerSpec{start: true, labels: map[string]string{gates.ComposeProjectLabel: "ci-run-41"}})
+		}, `compose project "ci-run-41"`},
+		"container name": {func(t *testing.T) {
+			makeContainer(t, containerSpec{start: true, name: "ci-run-42-db"})
+		}, `container "ci-run-42-db"`},
+		"swarm stack": {func(t *testing.T) {
+			makeService(t, serviceSpec{name: "ci-run-43_web", replicas: 1, labels: map[string]string{gates.StackNamespaceLabel: "ci-run-43"}})
+		}, `swarm stack "ci-run-43"`},
+		"run label": {func(t *testing.T) {
+			makeContainer(t, containerSpec{start: true, labels: map[string]string{"io.drone.build.number": "7", "io.drone.repo.slug": "other/repo"}})
+		}, "carries run label io.drone.build.number"},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+			stopped := makeContainer(t, containerSpec{})
+			c.setup(t)
+			time.Sleep(1100 * time.Millisecond)
+			before := takeInventory(t)
+			r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": time.Now().Add(-time.Second).UTC().Format(time.RFC3339),
+				"PLUGIN_STACK_PATTERN": "^ci-run-[0-9]+", "PLUGIN_RUN_LABELS": "io.drone.build.number",
+				"DRONE_REPO": "me/prune", "DRONE_BUILD_NUMBER": "7"})
+			after := takeInventory(t)
+			if r.code != 0 || r.report.Decision != "skipped: "+gates.NoRunGate {
+				t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
+			}
+			if !strings.Contains(r.stdout, c.want) {
+				t.Errorf("summary does not name %s", c.want)
+			}
+			if !exists("image", old) || !exists("container", stopped) || len(after.images) < len(before.images) || len(after.containers) < len(before.containers) {
+				t.Errorf("something was removed while a run was live")
+			}
+		})
+	}
+}
+
+// The plugin's own build (DRONE_REPO + DRONE_BUILD_NUMBER) does not count as a live run.
+func TestOwnBuildIgnored(t *testing.T) {
+	makeContainer(t, containerSpec{start: true, labels: map[string]string{"io.drone.build.number": "9", "io.drone.repo.slug": "me/prune"}})
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true", "PLUGIN_RUN_LABELS": "io.drone.build.number",
+		"DRONE_REPO": "me/prune", "DRONE_BUILD_NUMBER": "9"})
+	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun {
+		t.Fatalf("exit %d decision %q: own build held the gate", r.code, r.report.Decision)
+	}
+}
+
+// Scenario 4: a service that cannot reach its replicas skips the prune with running/desired.
+func TestUnconvergedServiceSkips(t *testing.T) {
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	makeService(t, serviceSpec{name: "dgp-unplaceable", replicas: 2, constraints: []string{"node.labels.dgp-nowhere==true"}})
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "24h"})
+	if r.code != 0 || r.report.Decision != "skipped: "+gates.NoConvergeGate {
+		t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
+	}
+	if !strings.Contains(r.stdout, "service dgp-unplaceable has 0/2 tasks running") {
+		t.Errorf("summary does not show running/desired")
+	}
+	if !exists("image", old) {
+		t.Errorf("image removed while a service was converging")
+	}
+}
+
+// A restarting container and a health check still starting both hold the no-converge gate.
+func TestConvergingContainersSkip(t *testing.T) {
+	for name, spec := range map[string]containerSpec{
+		"restarting": {start: true, restart: true, cmd: []string{"/sleeper", "exit"}},
+		"health":     {start: true, health: true},
+	} {
+		t.Run(name, func(t *testing.T) {
+			id := makeContainer(t, spec)
+			if name == "restarting" {
+				waitFor(t, 10*time.Second, func() bool { c, _ := api.ContainerInspect(ctx(), id); return c.State != nil && c.State.Restarting })
+			}
+			r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true"})
+			if r.code != 0 || r.report.Decision != "skipped: "+gates.NoConvergeGate {
+				t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
+			}
+		})
+	}
+}
+
+// wait: a closed gate re-checked until the run ends, then the prune goes ahead.
+func TestWaitForGate(t *testing.T) {
+	live := makeContainer(t, containerSpec{start: true, name: "ci-run-77-app"})
+	go func() {
+		time.Sleep(2 * time.Second)
+		_ = api.ContainerStop(ctx(), live, containerStopOptions())
+	}()
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true", "PLUGIN_STACK_PATTERN": "^ci-run-", "PLUGIN_WAIT": "30s"})
+	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun {
+		t.Fatalf("exit %d decision %q, want the gate to open within wait", r.code, r.report.Decision)
+	}
+	if r.elapsed < 2*time.Second || r.elapsed > 20*time.Second {
+		t.Errorf("took %s; want the first re-check after the stop, well within wait", r.elapsed)
+	}
+}
+
+// Scenario 5: a dry run lists exactly what the following real run removes.
+func TestDryRunMatchesRealRun(t *testing.T) {
+	f := makeFixtures(t)
+	env := map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": f.until()}
+	before := takeInventory(t)
+	dry := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": f.until(), "PLUGIN_DRY_RUN": "true"})
+	if dry.code != 0 || dry.report.Decision != plugin.DecisionDryRun {
+		t.Fatalf("dry run exit %d decision %q", dry.code, dry.report.Decision)
+	}
+	mid := takeInventory(t)
+	for id := range before.images {
+		if !mid.images[id] {
+			t.Fatalf("dry run removed image %s", id)
+		}
+	}
+	for id := range before.containers {
+		if !mid.containers[id] {
+			t.Fatalf("dry run removed container %s", id)
+		}
+	}
+	real := runPlugin(t, env)
+	for _, phase := range []string{plugin.PhaseContainers, plugin.PhaseImages, plugin.PhaseBuildCache} {
+		want, got := phaseIDs(dry.report, phase), phaseIDs(real.report, phase)
+		if len(want) == 0 {
+			t.Errorf("%s: dry run listed nothing; the fixtures should give it something", phase)
+		}
+		if fmtSorted(want) != fmtSorted(got) {
+			t.Errorf("%s: dry run listed %v, real run removed %v", phase, fmtSorted(want), fmtSorted(got))
+		}
+	}
+	f.checkPolicySet(t, real)
+}
+
+// labels narrows the container and image prunes and skips the build-cache phase.
+func TestLabelsNarrowAndSkipBuildCache(t *testing.T) {
+	in := danglingImage(t, time.Now().Add(-48*time.Hour), map[string]string{"ci.tier": "scratch"})
+	out := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	inC := makeContainer(t, containerSpec{labels: map[string]string{"ci.tier": "scratch"}})
+	outC := makeContainer(t, containerSpec{})
+	buildCache(t)
+	cacheBefore := buildCacheIDs(t)
+	// until below is whole seconds, a second ago: two seconds on, everything above is older.
+	time.Sleep(2100 * time.Millisecond)
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_LABELS": "ci.tier=scratch",
+		"PLUGIN_UNTIL": time.Now().Add(-time.Second).UTC().Format(time.RFC3339)})
+	if r.code != 0 || exists("image", in) || exists("container", inC) || !exists("image", out) || !exists("container", outC) {
+		t.Fatalf("exit %d; labelled image/container gone: %v/%v (want true); unlabelled kept: %v/%v (want true)",
+			r.code, !exists("image", in), !exists("container", inC), exists("image", out), exists("container", outC))
+	}
+	p, _ := r.report.Phase(plugin.PhaseBuildCache)
+	if p.Status != plugin.StatusSkipped || !strings.Contains(p.Reason, "ignores labels") {
+		t.Errorf("build-cache phase %+v, want skipped because of labels", p)
+	}
+	for id := range cacheBefore {
+		if !buildCacheIDs(t)[id] {
+			t.Errorf("build cache %s removed although labels was set", id)
+		}
+	}
+}
+
+func fmtSorted(m map[string]bool) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return strings.Join(keys, ",")
+}

@@ -1,0 +1,18 @@
+// Command sleeper is the only program inside the test images: it waits for SIGTERM, or exits 1
+// at once when its first argument is "exit" (for a container that keeps restarting).
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "exit" {
+		os.Exit(1)
+	}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	<-stop
+}
