@@ -3,7 +3,7 @@
 # Two ways to build the same image:
 #
 #   Registry build (CI publishing; needs the Go image):
-#     docker build --build-arg VERSION=1.2.3 -t dronegatedprune/drone-gated-prune:1.2.3 .
+#     DOCKER_BUILDKIT=1 docker build --build-arg VERSION=1.2.3 -t dronegatedprune/drone-gated-prune:1.2.3 .
 #     docker buildx build --platform linux/amd64,linux/arm64 --build-arg VERSION=1.2.3 ... .
 #
 #   Host build (no image pull at all; see scripts/build-image.sh):
@@ -14,8 +14,10 @@
 #       --build-arg TARGETOS=linux --build-arg TARGETARCH=amd64 -t drone-gated-prune:dev .
 #
 # The legacy builder runs every stage that comes before --target, so the stages that need no
-# pull (meta, host) come first and the Go stages after them. Without --target the last stage,
-# release, is built.
+# pull (meta, host) come first and the Go stages after them. The release target (the last stage,
+# built when no --target is given) therefore needs BuildKit, which builds only the stages the
+# target uses; the legacy builder would also run the host stage and fail without dist/.
+# plugins/docker and Docker CLI 23+ with buildx use BuildKit for `docker build`.
 
 ARG GO_IMAGE=golang:1.26
 
@@ -43,8 +45,12 @@ ARG CA_BUNDLE=dist/ca-certificates.crt
 COPY ${CA_BUNDLE} /etc/ssl/certs/ca-certificates.crt
 COPY ${BINARY} /bin/drone-gated-prune
 
-# build: cross-compiles on the build platform for the target platform.
-FROM --platform=$BUILDPLATFORM ${GO_IMAGE} AS build
+# build: compiles for TARGETOS/TARGETARCH (BuildKit sets them; the legacy builder leaves them
+# empty, which means the build container's own platform). The stage is not pinned to
+# --platform=$BUILDPLATFORM because the legacy builder has no BUILDPLATFORM and refuses an empty
+# platform; a multi-platform buildx build therefore runs the other architecture's stage under
+# emulation. The project's pipeline builds each architecture natively instead.
+FROM ${GO_IMAGE} AS build
 ARG TARGETOS
 ARG TARGETARCH
 ARG VERSION=dev
@@ -55,9 +61,9 @@ COPY . .
 RUN CGO_ENABLED=0 GOOS="${TARGETOS:-linux}" GOARCH="${TARGETARCH:-$(go env GOARCH)}" \
     go build -trimpath -ldflags "-s -w -X main.version=${VERSION:-dev}" -o /out/drone-gated-prune .
 
-# certs: the CA bundle of the Go image (Debian's ca-certificates package). Certificates are the
-# same on every platform, so this stage runs on the build platform.
-FROM --platform=$BUILDPLATFORM ${GO_IMAGE} AS certs
+# certs: the CA bundle of the Go image (Debian's ca-certificates package), the same image the
+# build stage already pulled.
+FROM ${GO_IMAGE} AS certs
 
 # release: the published image.
 FROM meta AS release

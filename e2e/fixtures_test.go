@@ -118,6 +118,9 @@ func loadImage(t testing.TB, spec imageSpec) string {
 	if strings.Contains(string(out), "errorDetail") {
 		t.Fatalf("loading image: %s", out)
 	}
+	if spec.tag != sleeperImage {
+		t.Cleanup(func() { _, _ = api.ImageRemove(ctx(), id.String(), image.RemoveOptions{Force: true, PruneChildren: true}) })
+	}
 	return id.String()
 }
 

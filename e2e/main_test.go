@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/client"
 )
@@ -59,6 +60,7 @@ func setup(m *testing.M) int {
 		return 1
 	}
 	code := m.Run()
+	_, _ = api.ImageRemove(context.Background(), sleeperImage, image.RemoveOptions{Force: true})
 	if leave {
 		_ = api.SwarmLeave(context.Background(), true)
 	}

@@ -35,7 +35,7 @@ var Settings = []Setting{
 	{Key: "stack_pattern", Usage: "regular expressions (comma-separated) naming CI run stacks, compose projects, services or containers"},
 	{Key: "run_labels", Usage: "label selectors (key or key=value, comma-separated); a running container carrying one is a live run"},
 	{Key: "labels", Usage: "prune only containers and images carrying these labels (key or key=value, comma-separated)"},
-	{Key: "wait", Default: "0s", Usage: "keep re-checking closed no-run / no-converge gates for up to this long"},
+	{Key: "wait", Default: "0", Usage: "keep re-checking closed no-run / no-converge gates for up to this long"},
 	{Key: "dry_run", Default: "false", Usage: "list what each phase would remove, remove nothing", Bool: true},
 	{Key: "force", Default: "false", Usage: "bypass the disk-pressure gate only", Bool: true},
 	{Key: "fail_above", Default: "90", Usage: "fail the step (exit 3) if the filesystem is still at or above this percent at the end"},

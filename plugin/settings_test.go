@@ -1,0 +1,167 @@
+package plugin
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+func TestDefaults(t *testing.T) {
+	c, err := ParseConfig(map[string]string{}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Disk.ThresholdPercent != 80 || c.FailAbove != 90 || c.Until.Age != 24*time.Hour || c.Timeout != 10*time.Minute ||
+		c.Wait != 0 || c.DryRun || c.Disk.Force || c.LogFormat != "text" || c.LogLevel.String() != "info" || c.DiskPath != "" {
+		t.Fatalf("defaults differ from SPEC: %+v", c)
+	}
+}
+
+func TestParseConfigValues(t *testing.T) {
+	dir := t.TempDir()
+	c, err := ParseConfig(map[string]string{
+		"threshold": "75%", "min_free": "20GiB", "min_free_inodes": "5%", "disk_path": dir, "until": "2026-11-25T00:00:00Z",
+		"stack_pattern": "^ci-,-run$", "run_labels": "io.drone,tier=ci", "labels": "ci.prune=ok", "wait": "2m",
+		"dry_run": "true", "force": "1", "fail_above": "95", "timeout": "15m", "log_level": "debug", "log_format": "json",
+		"summary_file": filepath.Join(dir, "s.json"), "metrics_file": filepath.Join(dir, "m.prom"),
+	}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Disk.ThresholdPercent != 75 || c.Disk.MinFreeBytes != 20<<30 || !c.Disk.MinFreeInodes.IsPercent || c.Disk.MinFreeInodes.Percent != 5 ||
+		c.DiskPath != dir || !c.Until.At.Equal(time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)) || len(c.Runs.Patterns) != 2 ||
+		len(c.Runs.Labels) != 2 || c.Runs.Labels[1].Value != "ci" || len(c.Labels) != 1 || c.Wait != 2*time.Minute || !c.DryRun ||
+		!c.Disk.Force || c.FailAbove != 95 || c.Timeout != 15*time.Minute || c.LogFormat != "json" {
+		t.Fatalf("parsed %+v", c)
+	}
+}
+
+func TestSizesAndUntil(t *testing.T) {
+	for in, want := range map[string]uint64{"500MB": 500e6, "20GB": 20e9, "20GiB": 20 << 30, "1024": 1024, "1.5KiB": 1536} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for in, want := range map[string]time.Time{
+		"24h":                  {},
+		"1700000000":           time.Unix(1700000000, 0),
+		"1700000000.5":         time.Unix(1700000000, 5e8),
+		"2026-11-01T10:00:00Z": time.Date(2026, 11, 1, 10, 0, 0, 0, time.UTC),
+	} {
+		u, err := ParseUntil(in, now)
+		if err != nil || !u.At.Equal(want) {
+			t.Errorf("ParseUntil(%q) = %+v, %v", in, u, err)
+		}
+	}
+	u, _ := ParseUntil("24h", now)
+	if got := u.Cutoff(now.Add(500 * time.Millisecond)); !got.Equal(now.Add(-24 * time.Hour)) {
+		t.Errorf("cutoff %s, want whole seconds 24h before the daemon's clock", got)
+	}
+}
+
+// Each invalid value exits 2 with one line naming the setting, the value and what is accepted.
+func TestInvalidSettings(t *testing.T) {
+	dir := t.TempDir()
+	cases := map[string]string{
+		"threshold": "abc", "min_free": "12XB", "min_free_inodes": "-3", "disk_path": "relative/path", "until": "yesterday",
+		"stack_pattern": "ci-(", "run_labels": "=x", "labels": "a,,b", "wait": "-1s", "dry_run": "yes please", "force": "maybe",
+		"fail_above": "101", "timeout": "0", "log_level": "loud", "log_format": "xml", "summary_file": filepath.Join(dir, "nope", "s.json"),
+	}
+	for key, value := range cases {
+		t.Run(key, func(t *testing.T) {
+			_, err := ParseConfig(map[string]string{key: value}, now)
+			var se *SettingError
+			if !errors.As(err, &se) || se.Key != key || se.ExitCode() != ExitInvalid {
+				t.Fatalf("got %v, want a SettingError for %s", err, key)
+			}
+			msg := err.Error()
+			if strings.Contains(msg, "\n") || !strings.Contains(msg, key) || !strings.Contains(msg, value) || !strings.Contains(msg, "expected") {
+				t.Errorf("message %q must be one line naming %s, %q and what is accepted", msg, key, value)
+			}
+		})
+	}
+}
+
+func TestConflictsAndEmpty(t *testing.T) {
+	for name, raw := range map[string]map[string]string{
+		"fail_above below threshold": {"threshold": "85", "fail_above": "80"},
+		"wait not shorter than timeout": {"wait": "10m", "timeout": "10m"},
+		"empty value":                  {"disk_path": ""},
+		"until in the future":          {"until": "2030-01-01T00:00:00Z"},
+		"until zero":                   {"until": "0"},
+		"until negative":               {"until": "-1h"},
+	} {
+		if _, err := ParseConfig(raw, now); err == nil {
+			t.Errorf("%s: accepted %v", name, raw)
+		}
+	}
+}
+
+func TestCheckEnvironment(t *testing.T) {
+	err := CheckEnvironment([]string{"PLUGIN_TRESHOLD=70", "HOME=/root"})
+	var se *SettingError
+	if !errors.As(err, &se) || !se.Unknown || se.Suggest != "threshold" || !strings.Contains(err.Error(), "did you mean threshold?") {
+		t.Fatalf("typo: %v", err)
+	}
+	if strings.Contains(err.Error(), "70") {
+		t.Errorf("an unknown key's value may be a secret and must not be printed: %v", err)
+	}
+	for _, kv := range []string{"PLUGIN_ALL=true", "PLUGIN_VOLUMES=true", "PLUGIN_NETWORKS=1", "PLUGIN_FILTERS=dangling=false", "PLUGIN_PRUNE_ALL=yes"} {
+		var pe *PolicyError
+		if err := CheckEnvironment([]string{kv}); !errors.As(err, &pe) || pe.ExitCode() != ExitPolicy {
+			t.Errorf("%s: got %v, want a policy violation", kv, err)
+		}
+	}
+	if err := CheckEnvironment([]string{"PLUGIN_THRESHOLD=80", "PLUGIN_DRY_RUN=true", "DRONE_REPO=a/b"}); err != nil {
+		t.Errorf("known keys refused: %v", err)
+	}
+}
+
+func TestEnvFilePath(t *testing.T) {
+	get := func(string) string { return "/from/env" }
+	if p := EnvFilePath([]string{"x", "--env-file", "/a"}, get); p != "/a" {
+		t.Errorf("got %q", p)
+	}
+	if p := EnvFilePath([]string{"x", "--env-file=/b"}, get); p != "/b" {
+		t.Errorf("got %q", p)
+	}
+	if p := EnvFilePath([]string{"x"}, get); p != "/from/env" {
+		t.Errorf("got %q", p)
+	}
+}
+
+func TestReadCIEnvironment(t *testing.T) {
+	env := map[string]string{"CI_REPO": "wp/repo", "CI_PIPELINE_NUMBER": "12"}
+	own, ci := ReadCIEnvironment(func(k string) string { return env[k] })
+	if own.Repo != "wp/repo" || own.Number != "12" || ci.CardPath != "" {
+		t.Errorf("woodpecker: %+v %+v", own, ci)
+	}
+	env = map[string]string{"DRONE_REPO": "d/r", "DRONE_BUILD_NUMBER": "3", "CI_REPO": "d/r", "CI_PIPELINE_NUMBER": "x", "DRONE_CARD_PATH": "/dev/stdout"}
+	own, ci = ReadCIEnvironment(func(k string) string { return env[k] })
+	if own.Number != "3" || ci.CardPath != "/dev/stdout" {
+		t.Errorf("drone: %+v %+v", own, ci)
+	}
+}
+
+// The docs' settings table lists every setting with the default the code uses.
+func TestDocsSettingsTable(t *testing.T) {
+	data, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range Settings {
+		def := s.Default
+		if def == "" {
+			def = "unset"
+		}
+		row := "| `" + s.Key + "` | `" + def + "` |"
+		if !strings.Contains(string(data), row) {
+			t.Errorf("README.md settings table lacks the row starting %s", row)
+		}
+	}
+}

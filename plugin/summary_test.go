@@ -1,0 +1,168 @@
+package plugin
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
+)
+
+func sampleReport() *Report {
+	before := gates.Filesystem{Path: "/var/lib/docker", Why: "the daemon's data root, visible here", TotalBytes: 1000, UsedBytes: 850, FreeBytes: 150}
+	after := before
+	after.UsedBytes, after.FreeBytes = 700, 300
+	return &Report{
+		Version: "1.2.3", Decision: DecisionPruned, Daemon: "unix:///var/run/docker.sock", Until: "24h", FailAbove: 90,
+		Gates: []gates.Verdict{
+			gates.DiskPressure(before, gates.DiskPolicy{ThresholdPercent: 80}),
+			{Gate: gates.NoRunGate, Open: true, Reason: "no live run"},
+			{Gate: gates.NoConvergeGate, Open: true, Reason: "converged"},
+		},
+		Phases: []PhaseReport{
+			{Phase: PhaseContainers, Status: StatusRemoved, Count: 2, Bytes: 100, Objects: []Object{{ID: "c1"}, {ID: "c2"}}},
+			{Phase: PhaseImages, Status: StatusRemoved, Count: 1, Bytes: 40, Layers: 3},
+			{Phase: PhaseBuildCache, Status: StatusSkipped, Reason: "another prune is already running on the daemon"},
+		},
+		DiskBefore: &before, DiskAfter: &after, StartedAt: time.Unix(1764000000, 0), DurationSeconds: 1.5,
+	}
+}
+
+func TestTextSummary(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteText(&b, sampleReport()); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"drone-gated-prune 1.2.3", "decision: pruned", "disk_pressure  open", "85.0% used is at or above the 80% threshold",
+		"containers   removed 2, 100B", "build_cache  skipped: another prune", "disk before: /var/lib/docker: 85.0% used", "disk after:  /var/lib/docker: 70.0% used", "duration: 1.500s"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
+// The card on /dev/stdout is one write: ESC]1338; + base64(JSON) + ESC]0m on its own line.
+func TestCardOnStdout(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteCard(&b, "/dev/stdout", sampleReport()); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	if !strings.HasPrefix(out, "\n\x1b]1338;") || !strings.HasSuffix(out, "\x1b]0m\n") || strings.Count(out, "\x1b]1338;") != 1 {
+		t.Fatalf("card framing wrong: %q", out)
+	}
+	payload := strings.TrimSuffix(strings.TrimPrefix(out, "\n\x1b]1338;"), "\x1b]0m\n")
+	raw, err := base64.StdEncoding.DecodeString(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var card struct {
+		Schema string         `json:"schema"`
+		Data   map[string]any `json:"data"`
+	}
+	if err := json.Unmarshal(raw, &card); err != nil {
+		t.Fatal(err)
+	}
+	if card.Schema != CardSchema || card.Data["decision"] != "pruned" || card.Data["objects"] != float64(3) || card.Data["disk_after"] != "70.0%" {
+		t.Errorf("card %+v", card)
+	}
+}
+
+func TestCardToFileIsPlainJSON(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "card.json")
+	if err := WriteCard(nil, path, sampleReport()); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	var card Card
+	if err := json.Unmarshal(data, &card); err != nil || card.Schema != CardSchema {
+		t.Fatalf("not plain JSON: %v %s", err, data)
+	}
+}
+
+func TestOutputs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "out.env")
+	if err := WriteOutputs(path, sampleReport()); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	for _, want := range []string{"DECISION=pruned\n", "BYTES_RECLAIMED=140\n", "OBJECTS_REMOVED=3\n", "CONTAINERS_REMOVED=2\n", "IMAGES_BYTES=40\n",
+		"BUILD_CACHE_STATUS=skipped\n", "DISK_PERCENT_BEFORE=85.0\n", "DISK_PERCENT_AFTER=70.0\n"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("outputs lack %q:\n%s", want, data)
+		}
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if k, _, ok := strings.Cut(line, "="); !ok || strings.ContainsAny(k, ".,/ ") {
+			t.Errorf("line %q is not KEY=value with a plain key", line)
+		}
+	}
+}
+
+func TestMetricsParse(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "prune.prom")
+	if err := writeAtomic(path, []byte(Metrics(sampleReport()))); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := os.Open(path)
+	defer f.Close()
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := parser.TextToMetricFamilies(f)
+	if err != nil {
+		t.Fatalf("not Prometheus text format: %v\n%s", err, Metrics(sampleReport()))
+	}
+	get := func(name string, labels map[string]string) float64 {
+		fam, ok := families[name]
+		if !ok {
+			t.Fatalf("missing %s", name)
+		}
+	next:
+		for _, m := range fam.Metric {
+			for _, lp := range m.Label {
+				if want, ok := labels[lp.GetName()]; ok && want != lp.GetValue() {
+					continue next
+				}
+			}
+			return m.GetGauge().GetValue()
+		}
+		t.Fatalf("no %s with %v", name, labels)
+		return 0
+	}
+	if get("drone_gated_prune_last_run_timestamp_seconds", nil) != 1764000000 ||
+		get("drone_gated_prune_gate_open", map[string]string{"gate": "disk_pressure"}) != 1 ||
+		get("drone_gated_prune_objects_removed", map[string]string{"phase": "containers"}) != 2 ||
+		get("drone_gated_prune_bytes_reclaimed", map[string]string{"phase": "images"}) != 40 ||
+		get("drone_gated_prune_disk_used_percent", map[string]string{"when": "after"}) != 70 ||
+		get("drone_gated_prune_decision", map[string]string{"decision": "pruned"}) != 1 {
+		t.Errorf("metric values wrong:\n%s", Metrics(sampleReport()))
+	}
+	if matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".prune.prom.*")); len(matches) != 0 {
+		t.Errorf("temporary files left behind: %v", matches)
+	}
+}
+
+// A 409 from the daemon (the client maps it to an errdefs conflict) skips the phase; any other
+// API error fails the run.
+func TestPruneConflictIsSkip(t *testing.T) {
+	e := &Engine{}
+	conflict := fmt.Errorf("Error response from daemon: a prune operation is already running: %w", cerrdefs.ErrConflict)
+	if err := e.pruneErr("pruning", conflict); !errors.Is(err, ErrPruneRunning) {
+		t.Fatalf("conflict not classified as a running prune: %v", err)
+	}
+	other := fmt.Errorf("Error response from daemon: boom: %w", cerrdefs.ErrInternal)
+	var re *RuntimeError
+	if err := e.pruneErr("pruning", other); errors.Is(err, ErrPruneRunning) || !errors.As(err, &re) {
+		t.Fatalf("internal error misclassified: %v", err)
+	}
+}
