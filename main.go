@@ -55,7 +55,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Writer:    stdout,
 		ErrWriter: stderr,
 		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return &plugin.SettingError{Key: "flags", Value: fmt.Sprint(args[1:]), Accepted: err.Error()}
+			return fmt.Errorf("invalid command line: %w (see --help)", err)
 		},
 		Action: func(c *cli.Context) error {
 			code = execute(c, stdout, stderr)

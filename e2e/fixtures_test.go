@@ -119,7 +119,9 @@ func loadImage(t testing.TB, spec imageSpec) string {
 		t.Fatalf("loading image: %s", out)
 	}
 	if spec.tag != sleeperImage {
-		t.Cleanup(func() { _, _ = api.ImageRemove(ctx(), id.String(), image.RemoveOptions{Force: true, PruneChildren: true}) })
+		t.Cleanup(func() {
+			_, _ = api.ImageRemove(ctx(), id.String(), image.RemoveOptions{Force: true, PruneChildren: true})
+		})
 	}
 	return id.String()
 }

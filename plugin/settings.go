@@ -243,13 +243,19 @@ func CheckEnvironment(environ []string) error {
 			return &PolicyError{Reason: fmt.Sprintf("setting %s=%q asks to prune %s: this plugin never prunes tagged images, volumes or networks, and no setting changes that", key, values[name], what)}
 		}
 	}
+	raw := map[string]string{}
 	for _, name := range names {
-		if _, ok := known[name]; !ok {
+		s, ok := known[name]
+		if !ok {
 			key := strings.ToLower(strings.TrimPrefix(name, "PLUGIN_"))
 			return &SettingError{Key: key, Value: values[name], Unknown: true, Suggest: closestSetting(key)}
 		}
+		raw[s.Key] = values[name]
 	}
-	return nil
+	// The flag library would read an empty or odd boolean its own way (empty as false); every
+	// value is judged here first, by the same parsers as the command line's.
+	_, err := ParseConfig(raw, time.Now())
+	return err
 }
 
 // closestSetting is the known key with the smallest edit distance to key.

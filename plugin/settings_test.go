@@ -89,12 +89,12 @@ func TestInvalidSettings(t *testing.T) {
 
 func TestConflictsAndEmpty(t *testing.T) {
 	for name, raw := range map[string]map[string]string{
-		"fail_above below threshold": {"threshold": "85", "fail_above": "80"},
+		"fail_above below threshold":    {"threshold": "85", "fail_above": "80"},
 		"wait not shorter than timeout": {"wait": "10m", "timeout": "10m"},
-		"empty value":                  {"disk_path": ""},
-		"until in the future":          {"until": "2030-01-01T00:00:00Z"},
-		"until zero":                   {"until": "0"},
-		"until negative":               {"until": "-1h"},
+		"empty value":                   {"disk_path": ""},
+		"until in the future":           {"until": "2030-01-01T00:00:00Z"},
+		"until zero":                    {"until": "0"},
+		"until negative":                {"until": "-1h"},
 	} {
 		if _, err := ParseConfig(raw, now); err == nil {
 			t.Errorf("%s: accepted %v", name, raw)
@@ -115,6 +115,12 @@ func TestCheckEnvironment(t *testing.T) {
 		var pe *PolicyError
 		if err := CheckEnvironment([]string{kv}); !errors.As(err, &pe) || pe.ExitCode() != ExitPolicy {
 			t.Errorf("%s: got %v, want a policy violation", kv, err)
+		}
+	}
+	for _, kv := range []string{"PLUGIN_DRY_RUN=", "PLUGIN_FORCE=yes", "PLUGIN_THRESHOLD=abc"} {
+		var se *SettingError
+		if err := CheckEnvironment([]string{kv}); !errors.As(err, &se) || se.Unknown {
+			t.Errorf("%s: got %v, want an invalid-value error", kv, err)
 		}
 	}
 	if err := CheckEnvironment([]string{"PLUGIN_THRESHOLD=80", "PLUGIN_DRY_RUN=true", "DRONE_REPO=a/b"}); err != nil {

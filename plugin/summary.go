@@ -164,7 +164,9 @@ func WriteCard(stdout io.Writer, path string, r *Report) error {
 	if path == "/dev/stderr" {
 		w = os.Stderr
 	}
-	_, err = io.WriteString(w, "\n\x1b]1338;"+base64.StdEncoding.EncodeToString(data)+"\x1b]0m\n")
+	// The runner captures a write that starts with the prefix; the text summary before it ends
+	// with a newline, so the card also starts its own line.
+	_, err = io.WriteString(w, "\x1b]1338;"+base64.StdEncoding.EncodeToString(data)+"\x1b]0m\n")
 	return err
 }
 
@@ -172,7 +174,8 @@ func WriteCard(stdout io.Writer, path string, r *Report) error {
 func cardData(r *Report) map[string]any {
 	gatesData := []map[string]any{}
 	for _, v := range r.Gates {
-		gatesData = append(gatesData, map[string]any{"gate": v.Gate, "open": v.Open, "reason": v.Reason, "evidence": strings.Join(v.Evidence, "; ")})
+		gatesData = append(gatesData, map[string]any{"gate": v.Gate, "open": v.Open, "reason": v.Reason,
+			"evidence": strings.Join(v.Evidence, "; "), "warnings": strings.Join(v.Warnings, "; ")})
 	}
 	phases := []map[string]any{}
 	for _, p := range r.Phases {

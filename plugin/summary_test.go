@@ -59,10 +59,10 @@ func TestCardOnStdout(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	if !strings.HasPrefix(out, "\n\x1b]1338;") || !strings.HasSuffix(out, "\x1b]0m\n") || strings.Count(out, "\x1b]1338;") != 1 {
+	if !strings.HasPrefix(out, "\x1b]1338;") || !strings.HasSuffix(out, "\x1b]0m\n") || strings.Count(out, "\x1b]1338;") != 1 {
 		t.Fatalf("card framing wrong: %q", out)
 	}
-	payload := strings.TrimSuffix(strings.TrimPrefix(out, "\n\x1b]1338;"), "\x1b]0m\n")
+	payload := strings.TrimSuffix(strings.TrimPrefix(out, "\x1b]1338;"), "\x1b]0m\n")
 	raw, err := base64.StdEncoding.DecodeString(payload)
 	if err != nil {
 		t.Fatal(err)
