@@ -186,7 +186,7 @@ func (r *Run) measureDisk(ctx context.Context) (gates.Filesystem, error) {
 	if st, err := os.Stat(root); err == nil && st.IsDir() {
 		return Measure(root, "the daemon's data root, visible here")
 	}
-	return Measure("/", fmt.Sprintf("the daemon's data root %s is not visible here; / is measured instead (in a container on overlay storage it reports the filesystem holding the data root)", root))
+	return Measure("/", fmt.Sprintf("the daemon's data root %s is not visible here, so / is measured: in a container on overlay storage that is the filesystem holding the container's writable layer, normally the data root's", root))
 }
 
 // verdicts evaluates the no-run and no-converge gates on one snapshot.

@@ -71,7 +71,7 @@ func WriteText(w io.Writer, r *Report) error {
 		case StatusRemoved, StatusWouldRemove:
 			line += fmt.Sprintf(" %d, %s", p.Count, human(p.Bytes))
 			if p.Layers > 0 {
-				line += fmt.Sprintf(" (%d layers)", p.Layers)
+				line += fmt.Sprintf(" (%d layer(s) freed)", p.Layers)
 			}
 			if len(p.Untagged) > 0 {
 				line += fmt.Sprintf(", untagged %s", strings.Join(p.Untagged, " "))
