@@ -43,6 +43,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return fail(&plugin.SettingError{Key: "env_file", Value: path, Accepted: "a readable env file (" + err.Error() + ")"})
 		}
 	}
+	if err := plugin.CheckArgs(args[1:]); err != nil {
+		return fail(err)
+	}
 	if err := plugin.CheckEnvironment(os.Environ()); err != nil {
 		return fail(err)
 	}

@@ -28,6 +28,9 @@ const (
 	StatusSkipped     = "skipped"
 	StatusNotRun      = "not run"
 	StatusFailed      = "failed"
+	// StatusInterrupted is a phase whose call was under way when the run was stopped: the engine
+	// may have removed some objects, but its answer never arrived.
+	StatusInterrupted = "interrupted"
 )
 
 // phaseClocks says which time `until` is compared with in each phase (see docs/engine.md).

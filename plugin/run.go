@@ -160,8 +160,11 @@ func (r *Run) exec(ctx context.Context, rep *Report) error {
 		if err != nil {
 			ph.Status = StatusFailed
 			if ctx.Err() != nil {
+				ph.Status = StatusInterrupted
+				ph.Reason = "the run was stopped while the engine was pruning; it may have removed some objects, but its answer never arrived"
 				return stopped(ctx, "during the "+ph.Phase+" phase")
 			}
+			ph.Reason = err.Error()
 			return err
 		}
 		r.Log.WithFields(logrus.Fields{"phase": ph.Phase, "status": ph.Status, "objects": ph.Count, "bytes": ph.Bytes}).Info("phase done")

@@ -258,6 +258,21 @@ func CheckEnvironment(environ []string) error {
 	return err
 }
 
+// CheckArgs refuses command-line flags that ask to widen the scope (--all, --volumes, ...) as a
+// policy violation, like their PLUGIN_* forms.
+func CheckArgs(args []string) error {
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if what, ok := scopeKeys[strings.ReplaceAll(name, "-", "_")]; ok {
+			return &PolicyError{Reason: fmt.Sprintf("flag %s asks to prune %s: this plugin never prunes tagged images, volumes or networks, and no setting changes that", a, what)}
+		}
+	}
+	return nil
+}
+
 // closestSetting is the known key with the smallest edit distance to key.
 func closestSetting(key string) string {
 	best, bestDist := "", 1<<30

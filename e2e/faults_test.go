@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"bytes"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+)
+
+// A socket that accepts and never answers: the run ends within timeout plus a second, exit 1.
+func TestSilentSocket(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "silent.sock")
+	ln, err := net.Listen("unix", sock)
+	must(t, err)
+	defer ln.Close()
+	var held []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	r := runPlugin(t, map[string]string{"DOCKER_HOST": "unix://" + sock, "PLUGIN_TIMEOUT": "3s", "PLUGIN_FORCE": "true"})
+	if r.code != plugin.ExitRuntime || r.elapsed > 4*time.Second {
+		t.Fatalf("exit %d after %s; want 1 within timeout (3s) plus a second", r.code, r.elapsed)
+	}
+	if !strings.Contains(r.stderr, "timeout 3s reached") {
+		t.Errorf("stderr does not say the timeout was reached: %q", r.stderr)
+	}
+}
+
+// An API error while evaluating the gates prunes nothing and exits 1 with one line.
+func TestAPIErrorDuringGates(t *testing.T) {
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	stopped := makeContainer(t, containerSpec{})
+	time.Sleep(2100 * time.Millisecond)
+	p := startProxy(t, &faultProxy{fail: regexp.MustCompile(`^GET /services$`)})
+	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s"})
+	if r.code != plugin.ExitRuntime || !exists("image", old) || !exists("container", stopped) {
+		t.Fatalf("exit %d; image kept %v container kept %v; want 1 and nothing removed", r.code, exists("image", old), exists("container", stopped))
+	}
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	last := lines[len(lines)-1]
+	if !strings.Contains(last, "listing swarm services") || !strings.Contains(last, "injected fault") {
+		t.Errorf("last stderr line does not say what failed: %q", last)
+	}
+}
+
+// A live run that appears between two prune phases stops the later phases.
+func TestStackAppearsBetweenPhases(t *testing.T) {
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	stopped := makeContainer(t, containerSpec{})
+	buildCache(t)
+	time.Sleep(2100 * time.Millisecond)
+	p := startProxy(t, &faultProxy{})
+	p.beforeResponse = func(rt string) {
+		if rt == "POST /containers/prune" {
+			makeContainer(t, containerSpec{name: "ci-run-99-late", start: true})
+		}
+	}
+	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s", "PLUGIN_STACK_PATTERN": "^ci-run-"})
+	if r.code != 0 || r.report.Decision != "stopped: "+gates.NoRunGate+" closed before "+plugin.PhaseImages {
+		t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
+	}
+	if exists("container", stopped) || !exists("image", old) {
+		t.Errorf("containers phase should have run (container gone: %v) and images not (image kept: %v)", !exists("container", stopped), exists("image", old))
+	}
+	for _, ph := range []string{plugin.PhaseImages, plugin.PhaseBuildCache} {
+		if p, _ := r.report.Phase(ph); p.Status != plugin.StatusNotRun {
+			t.Errorf("%s phase %+v, want not run", ph, p)
+		}
+	}
+	if !strings.Contains(r.stdout, `container "ci-run-99-late"`) {
+		t.Errorf("summary does not name the run that appeared")
+	}
+}
+
+// SIGTERM in the middle of a prune: a prompt exit 1 with a summary of what was done.
+func TestSignalDuringPrune(t *testing.T) {
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	makeContainer(t, containerSpec{})
+	time.Sleep(2100 * time.Millisecond)
+	release := make(chan struct{})
+	defer close(release)
+	p := startProxy(t, &faultProxy{})
+	p.beforeResponse = func(rt string) {
+		if rt == "POST /containers/prune" {
+			// The engine has pruned; its answer is held back, so the plugin is mid-call.
+			select {
+			case <-release:
+			case <-time.After(30 * time.Second):
+			}
+		}
+	}
+	summary := filepath.Join(t.TempDir(), "summary.json")
+	cmd := exec.Command(pluginBin)
+	cmd.Env = []string{"DOCKER_HOST=" + p.host, "PLUGIN_FORCE=true", "PLUGIN_UNTIL=1s", "PLUGIN_SUMMARY_FILE=" + summary}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	must(t, cmd.Start())
+	p.waitSeen(t, regexp.MustCompile(`^POST /containers/prune$`), 20*time.Second)
+	time.Sleep(200 * time.Millisecond)
+	signalled := time.Now()
+	must(t, cmd.Process.Signal(syscall.SIGTERM))
+	err := cmd.Wait()
+	took := time.Since(signalled)
+	t.Logf("exit after %s: %v\nstdout:\n%s\nstderr:\n%s", took, err, stdout.String(), stderr.String())
+	exit, ok := err.(*exec.ExitError)
+	if !ok || exit.ExitCode() != plugin.ExitRuntime || took > 2*time.Second {
+		t.Fatalf("want exit 1 within 2s of SIGTERM, got %v after %s", err, took)
+	}
+	if !strings.Contains(stdout.String(), "decision: error") || !strings.Contains(stdout.String(), "received terminated") {
+		t.Errorf("summary does not report the signal")
+	}
+	if !strings.Contains(stdout.String(), "images       not run") || !exists("image", old) {
+		t.Errorf("the images phase ran after the signal")
+	}
+}

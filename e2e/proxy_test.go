@@ -1,0 +1,101 @@
+package e2e
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// faultProxy sits between the plugin and the real engine on a unix socket of its own. It passes
+// every request through to the engine unchanged, except where a test injects a fault: an error
+// for one route, a held response, or a change to the engine made just before a response returns.
+// Everything else the plugin sees is the real engine's answer.
+type faultProxy struct {
+	host string // DOCKER_HOST value for the plugin
+	// fail, when it matches "METHOD /path" (API version stripped), answers 500 instead.
+	fail *regexp.Regexp
+	// beforeResponse runs on each engine response, before the plugin receives it.
+	beforeResponse func(route string)
+	seen           chan string
+}
+
+func engineSocket() string {
+	host := api.DaemonHost()
+	return strings.TrimPrefix(host, "unix://")
+}
+
+var versionPrefix = regexp.MustCompile(`^/v[0-9.]+`)
+
+func route(r *http.Request) string {
+	return r.Method + " " + versionPrefix.ReplaceAllString(r.URL.Path, "")
+}
+
+func startProxy(t *testing.T, p *faultProxy) *faultProxy {
+	t.Helper()
+	if !strings.HasPrefix(api.DaemonHost(), "unix://") {
+		t.Skip("the fault proxy needs the engine on a unix socket")
+	}
+	sock := filepath.Join(t.TempDir(), "proxy.sock")
+	ln, err := net.Listen("unix", sock)
+	must(t, err)
+	p.host = "unix://" + sock
+	p.seen = make(chan string, 100)
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", "docker"
+		},
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", engineSocket())
+		}},
+		ModifyResponse: func(resp *http.Response) error {
+			if p.beforeResponse != nil {
+				p.beforeResponse(route(resp.Request))
+			}
+			return nil
+		},
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rt := route(r)
+		select {
+		case p.seen <- rt:
+		default:
+		}
+		if p.fail != nil && p.fail.MatchString(rt) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusInternalServerError)
+			_, _ = w.Write([]byte(`{"message":"injected fault for ` + rt + `"}`))
+			return
+		}
+		rp.ServeHTTP(w, r)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		c, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = srv.Shutdown(c)
+		_ = srv.Close()
+	})
+	return p
+}
+
+// waitSeen waits until the plugin sent a request for a route matching re.
+func (p *faultProxy) waitSeen(t *testing.T, re *regexp.Regexp, limit time.Duration) {
+	t.Helper()
+	deadline := time.After(limit)
+	for {
+		select {
+		case rt := <-p.seen:
+			if re.MatchString(rt) {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("the plugin never called %s", re)
+		}
+	}
+}
