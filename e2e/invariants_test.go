@@ -248,6 +248,9 @@ func TestConcurrentRuns(t *testing.T) {
 			}
 		}
 	}
+	if skipped == 0 {
+		t.Errorf("four simultaneous runs met no conflicting prune: the runs did not overlap")
+	}
 	w.check(t, false, before, takeInventory(t), " (concurrent)")
 	want := w.policy(false)
 	for id := range want {
