@@ -1,23 +1,17 @@
 package e2e
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types"
-	"github.com/docker/docker/api/types/build"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
@@ -25,17 +19,13 @@ import (
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
-	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
 
 // fixtureLabel marks every object these tests create, so cleanup finds them.
-const fixtureLabel = "dgp.e2e"
+const fixtureLabel = fixtures.Label
 
 // sleeperImage is the tagged image every test container runs; being tagged, no prune removes it.
 const sleeperImage = "dgp-sleeper:e2e"
@@ -48,23 +38,7 @@ var (
 
 func ctx() context.Context { return context.Background() }
 
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// tarOf builds an uncompressed tar with the given files.
-func tarOf(files map[string][]byte, mode int64) []byte {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for name, data := range files {
-		_ = tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(data)), ModTime: time.Unix(0, 0), Typeflag: tar.TypeReg})
-		_, _ = tw.Write(data)
-	}
-	_ = tw.Close()
-	return buf.Bytes()
-}
+func randomHex(n int) string { return fixtures.RandomHex(n) }
 
 // imageSpec describes a hand-made image.
 type imageSpec struct {
@@ -78,52 +52,20 @@ type imageSpec struct {
 // config's "created" is spec.created, which is what the image prune's `until` compares here.
 func loadImage(t testing.TB, spec imageSpec) string {
 	t.Helper()
-	files := spec.files
-	if files == nil {
-		files = map[string][]byte{"data/" + randomHex(4): []byte(randomHex(2048))}
-	}
-	data := tarOf(files, 0o755)
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
+	ids, err := fixtures.Load(ctx(), api, fixtures.Image{Tag: spec.tag, Created: spec.created, Labels: withFixtureLabel(spec.labels), Files: spec.files})
 	must(t, err)
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	must(t, err)
-	cfg, err := img.ConfigFile()
-	must(t, err)
-	cfg = cfg.DeepCopy()
-	cfg.Created = v1.Time{Time: spec.created.UTC()}
-	cfg.OS, cfg.Architecture = "linux", "amd64"
-	cfg.Config.Labels = map[string]string{fixtureLabel: "true"}
-	for k, v := range spec.labels {
-		cfg.Config.Labels[k] = v
-	}
-	cfg.Config.Cmd = []string{"/sleeper"}
-	img, err = mutate.ConfigFile(img, cfg)
-	must(t, err)
-	id, err := img.ConfigName()
-	must(t, err)
-	var ref name.Reference
-	if spec.tag != "" {
-		ref, err = name.NewTag(spec.tag)
-	} else {
-		// A digest reference writes no RepoTags, so the image loads untagged.
-		ref, err = name.NewDigest("dgp-untagged@" + id.String())
-	}
-	must(t, err)
-	var buf bytes.Buffer
-	must(t, tarball.Write(ref, img, &buf))
-	resp, err := api.ImageLoad(ctx(), &buf, client.ImageLoadWithQuiet(true))
-	must(t, err)
-	out, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if strings.Contains(string(out), "errorDetail") {
-		t.Fatalf("loading image: %s", out)
-	}
 	if spec.tag != sleeperImage {
-		t.Cleanup(func() {
-			_, _ = api.ImageRemove(ctx(), id.String(), image.RemoveOptions{Force: true, PruneChildren: true})
-		})
+		t.Cleanup(func() { _, _ = api.ImageRemove(ctx(), ids[0], image.RemoveOptions{Force: true, PruneChildren: true}) })
 	}
-	return id.String()
+	return ids[0]
+}
+
+func withFixtureLabel(labels map[string]string) map[string]string {
+	out := map[string]string{fixtureLabel: "true"}
+	for k, v := range labels {
+		out[k] = v
+	}
+	return out
 }
 
 // danglingImage loads an untagged image created at created.
@@ -172,11 +114,7 @@ func makeContainer(t testing.TB, spec containerSpec) string {
 	if spec.name == "" {
 		spec.name = "dgp-e2e-" + randomHex(4)
 	}
-	labels := map[string]string{fixtureLabel: "true"}
-	for k, v := range spec.labels {
-		labels[k] = v
-	}
-	cfg := &container.Config{Image: spec.image, Labels: labels, Cmd: spec.cmd}
+	cfg := &container.Config{Image: spec.image, Labels: withFixtureLabel(spec.labels), Cmd: spec.cmd}
 	if len(cfg.Cmd) == 0 {
 		cfg.Cmd = []string{"/sleeper"}
 	}
@@ -216,22 +154,11 @@ func makeNetwork(t testing.TB) string {
 	return n.ID
 }
 
-// buildCache runs a BuildKit build (POST /build?version=2, the context in the request body, no
-// session) that leaves build-cache records behind, and tags the result.
+// buildCache runs a BuildKit build that leaves build-cache records behind, and tags the result.
 func buildCache(t testing.TB) (tag string) {
 	t.Helper()
 	tag = "dgp-built:" + randomHex(4)
-	ctxTar := tarOf(map[string][]byte{
-		"Dockerfile": []byte("FROM scratch\nCOPY payload /payload\nLABEL " + fixtureLabel + "=true\n"),
-		"payload":    []byte(randomHex(4096)),
-	}, 0o644)
-	resp, err := api.ImageBuild(ctx(), bytes.NewReader(ctxTar), build.ImageBuildOptions{Version: build.BuilderBuildKit, Tags: []string{tag}, Remove: true})
-	must(t, err)
-	out, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if strings.Contains(string(out), "errorDetail") {
-		t.Fatalf("build failed: %s", out)
-	}
+	must(t, fixtures.Build(ctx(), api, tag))
 	t.Cleanup(func() { _, _ = api.ImageRemove(ctx(), tag, image.RemoveOptions{Force: true}) })
 	return tag
 }
@@ -306,10 +233,7 @@ func makeService(t testing.TB, spec serviceSpec) string {
 	t.Helper()
 	ensureSleeperImage(t)
 	replicas := spec.replicas
-	labels := map[string]string{fixtureLabel: "true"}
-	for k, v := range spec.labels {
-		labels[k] = v
-	}
+	labels := withFixtureLabel(spec.labels)
 	s := swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: spec.name, Labels: labels},
 		TaskTemplate: swarm.TaskSpec{

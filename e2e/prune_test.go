@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"sort"
+
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/docker/docker/api/types"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
@@ -27,14 +30,8 @@ func makeFixtures(t *testing.T) fixtureSet {
 	t.Helper()
 	var f fixtureSet
 	ensureSleeperImage(t)
-	before := buildCacheIDs(t)
+	cacheBefore := buildCacheIDs(t)
 	buildCache(t)
-	f.oldCache = map[string]bool{}
-	for id := range buildCacheIDs(t) {
-		if !before[id] {
-			f.oldCache[id] = true
-		}
-	}
 	f.oldDangling = danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	f.oldRetagged, f.taggedOld = retagToDangling(t, time.Now().Add(-48*time.Hour))
 	f.usedByStopped = danglingImage(t, time.Now().Add(-48*time.Hour), nil)
@@ -49,12 +46,20 @@ func makeFixtures(t *testing.T) fixtureSet {
 
 	f.youngDangling = danglingImage(t, time.Now(), nil)
 	f.youngStopped = makeContainer(t, containerSpec{image: f.usedByStopped})
-	before = buildCacheIDs(t)
 	buildCache(t)
-	f.youngCache = map[string]bool{}
-	for id := range buildCacheIDs(t) {
-		if !before[id] {
-			f.youngCache[id] = true
+	// Classify this fixture's build-cache records by the clock the prune compares, last use.
+	f.oldCache, f.youngCache = map[string]bool{}, map[string]bool{}
+	du, err := api.DiskUsage(ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
+	must(t, err)
+	for _, r := range du.BuildCache {
+		switch {
+		case cacheBefore[r.ID] || r.Shared || r.InUse:
+		case r.LastUsedAt == nil:
+			t.Logf("build-cache record %s (%s) was never used: eligible at any age", r.ID, r.Description)
+		case r.LastUsedAt.Before(f.cutoff):
+			f.oldCache[r.ID] = true
+		default:
+			f.youngCache[r.ID] = true
 		}
 	}
 	return f

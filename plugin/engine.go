@@ -34,12 +34,14 @@ type Engine struct {
 
 // NewEngine connects the way the docker CLI does: DOCKER_HOST, DOCKER_API_VERSION and TLS settings
 // from the environment, API version negotiated with the daemon on the first call. httpClient, when
-// not nil, replaces the default transport (the benchmarks count requests with it).
+// not nil, is used as it is, and must already dial the daemon (the benchmarks count requests with
+// a wrapping transport).
 func NewEngine(httpClient *http.Client) (*Engine, error) {
-	opts := []client.Opt{client.FromEnv, client.WithAPIVersionNegotiation()}
+	var opts []client.Opt
 	if httpClient != nil {
 		opts = append(opts, client.WithHTTPClient(httpClient))
 	}
+	opts = append(opts, client.FromEnv, client.WithAPIVersionNegotiation())
 	api, err := client.NewClientWithOpts(opts...)
 	if err != nil {
 		return nil, &RuntimeError{What: "connecting to the Docker daemon", Err: err}
@@ -320,6 +322,10 @@ func (e *Engine) UnusedBuildCache(ctx context.Context, cutoff time.Time) ([]Obje
 	return out, nil
 }
 
+// buildCacheMargin is added to the build-cache age: more than a request's latency to a local
+// daemon, far less than any `until` worth setting.
+const buildCacheMargin = 100 * time.Millisecond
+
 // ErrPruneRunning marks a phase skipped because another prune of the same kind was running on
 // the daemon (HTTP 409 "a prune operation is already running").
 var ErrPruneRunning = errors.New("another prune is already running on the daemon")
@@ -366,14 +372,13 @@ func (e *Engine) PruneDanglingImages(ctx context.Context, cutoff time.Time, labe
 
 // PruneBuildCache removes unused build cache last used before cutoff (POST /build/prune, never
 // --all). Engines before 23.0 accept only a duration as `until` here (observed on 20.10), so the
-// cutoff is sent as the age it has on the daemon's clock, rounded up so that the daemon's own
-// later "now" can only move the cutoff earlier. The engine ignores label filters here, so none
-// are sent.
+// cutoff is sent as the age it has on the daemon's clock, plus a margin for the request's way to
+// the daemon, so that the daemon's own later "now" can only move the cutoff earlier (prune less).
+// The engine ignores label filters here, so none are sent.
 func (e *Engine) PruneBuildCache(ctx context.Context, cutoff, daemonNow time.Time) ([]string, uint64, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.PruneTimeout)
 	defer cancel()
-	age := daemonNow.Sub(cutoff)
-	age = (age + time.Second - 1).Truncate(time.Second) + time.Second
+	age := daemonNow.Sub(cutoff).Round(time.Millisecond) + buildCacheMargin
 	f := filters.NewArgs(filters.Arg("until", age.String()))
 	r, err := e.api.BuildCachePrune(ctx, build.CachePruneOptions{Filters: f})
 	if err != nil {

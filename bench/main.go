@@ -1,0 +1,204 @@
+// Command bench measures drone-gated-prune on the real engine, side by side with the Docker CLI,
+// and prints a Markdown table (docs/benchmarks.md). It creates its own fixtures at scale and
+// prunes the whole daemon: run it on a CI or scratch engine only.
+//
+//	go run ./bench            # full scale
+//	go run ./bench -quick     # small scale, a smoke run of every part
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/docker/docker/client"
+	"github.com/docker/go-connections/sockets"
+)
+
+type config struct {
+	quick     bool
+	noopRuns  int
+	rounds    int
+	images    int
+	stopped   int
+	builds    int
+	sizes     []scale
+	warmBases int
+	warmLayer int64
+}
+
+type scale struct{ containers, services int }
+
+// table collects the result rows, printed at the end.
+type table struct {
+	mu   sync.Mutex
+	rows [][4]string
+}
+
+func (t *table) add(what, plugin, cli, note string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.rows = append(t.rows, [4]string{what, plugin, cli, note})
+	fmt.Fprintf(os.Stderr, "bench: %s | %s | %s | %s\n", what, plugin, cli, note)
+}
+
+func main() {
+	quick := flag.Bool("quick", false, "small scale: a smoke run of every part")
+	flag.Parse()
+	cfg := config{noopRuns: 15, rounds: 3, images: 1000, stopped: 500, builds: 10,
+		sizes: []scale{{10, 1}, {100, 20}, {1000, 100}}, warmBases: 3, warmLayer: 4 << 20}
+	if *quick {
+		cfg = config{quick: true, noopRuns: 10, rounds: 1, images: 50, stopped: 20, builds: 2,
+			sizes: []scale{{10, 1}, {30, 5}}, warmBases: 2, warmLayer: 256 << 10}
+	}
+	if err := run(cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// env is what every part shares: the engine client, the built binaries, a work directory.
+type env struct {
+	api        *client.Client
+	dir        string
+	pluginBin  string
+	sleeperBin string
+	t          *table
+}
+
+func run(cfg config) error {
+	ctx := context.Background()
+	api, err := client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
+	if err != nil {
+		return err
+	}
+	info, err := api.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("no engine: %w", err)
+	}
+	dir, err := os.MkdirTemp("", "dgp-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	e := &env{api: api, dir: dir, pluginBin: filepath.Join(dir, "drone-gated-prune"), sleeperBin: filepath.Join(dir, "sleeper"), t: &table{}}
+	for out, pkg := range map[string]string{e.pluginBin: ".", e.sleeperBin: "./e2e/testdata/sleeper"} {
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=bench", "-o", out, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("building %s: %v\n%s", pkg, err, b)
+		}
+	}
+	leave, err := ensureSwarm(ctx, api)
+	if err != nil {
+		return err
+	}
+	if leave {
+		defer func() { _ = api.SwarmLeave(ctx, true) }()
+	}
+	start := time.Now()
+	parts := []func(context.Context, config) error{e.noop, e.gateCost, e.fullPrune, e.footprint, e.warmth}
+	for _, part := range parts {
+		if err := part(ctx, cfg); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("Machine: %d cores, %s; engine %s (API %s), storage driver %s; Go %s. Scale: %s. Took %s.\n\n",
+		runtime.NumCPU(), memTotal(), info.ServerVersion, api.ClientVersion(), info.Driver, runtime.Version(), map[bool]string{true: "quick", false: "full"}[cfg.quick], time.Since(start).Round(time.Second))
+	fmt.Println("| measure | drone-gated-prune | Docker CLI | note |")
+	fmt.Println("|---|---|---|---|")
+	for _, r := range e.t.rows {
+		fmt.Printf("| %s | %s | %s | %s |\n", r[0], r[1], r[2], r[3])
+	}
+	return nil
+}
+
+func memTotal() string {
+	data, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return "memory unknown"
+	}
+	var kb int64
+	_, _ = fmt.Sscanf(strings.SplitN(string(data), "\n", 2)[0], "MemTotal: %d kB", &kb)
+	return fmt.Sprintf("%.1f GiB", float64(kb)/(1<<20))
+}
+
+// countingTransport wraps the client's real transport and counts the requests it sends.
+type countingTransport struct {
+	base http.RoundTripper
+	n    atomic.Int64
+	mu   sync.Mutex
+	seen []string
+}
+
+func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.n.Add(1)
+	c.mu.Lock()
+	c.seen = append(c.seen, r.Method+" "+r.URL.Path)
+	c.mu.Unlock()
+	return c.base.RoundTrip(r)
+}
+
+func (c *countingTransport) reset() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	seen := c.seen
+	c.seen = nil
+	c.n.Store(0)
+	return seen
+}
+
+// countingClient is an HTTP client on the engine's unix socket whose requests are counted.
+func countingClient() (*http.Client, *countingTransport, error) {
+	host := os.Getenv("DOCKER_HOST")
+	if host == "" {
+		host = client.DefaultDockerHost
+	}
+	proto, addr, ok := strings.Cut(host, "://")
+	if !ok {
+		return nil, nil, fmt.Errorf("cannot parse DOCKER_HOST %q", host)
+	}
+	tr := &http.Transport{}
+	if err := sockets.ConfigureTransport(tr, proto, addr); err != nil {
+		return nil, nil, err
+	}
+	ct := &countingTransport{base: tr}
+	return &http.Client{Transport: ct}, ct, nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d.Microseconds())/1000) }
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+
+// timeCommand runs a command and returns its wall time and peak RSS in KiB.
+func timeCommand(env []string, name string, args ...string) (time.Duration, int64, string, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Env = env
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	elapsed := time.Since(start)
+	var rss int64
+	if cmd.ProcessState != nil {
+		rss = maxRSS(cmd.ProcessState)
+	}
+	if err != nil {
+		return elapsed, rss, string(out), fmt.Errorf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return elapsed, rss, string(out), nil
+}

@@ -1,0 +1,47 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/image"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+)
+
+// The reason the plugin exists: after a prune at pressure the base images are still cached, so
+// pulling them again downloads no layer. A registry on 127.0.0.1 serves them and counts blobs.
+func TestPruneKeepsCacheWarm(t *testing.T) {
+	reg, err := fixtures.StartRegistry()
+	must(t, err)
+	defer reg.Close()
+	var bases []string
+	for _, repo := range []string{"base/alpine-ish", "base/builder", "base/runtime"} {
+		ref, err := reg.PushBase(repo, "1", 3, 256<<10)
+		must(t, err)
+		bases = append(bases, ref)
+		t.Cleanup(func() { _, _ = api.ImageRemove(ctx(), ref, image.RemoveOptions{Force: true, PruneChildren: true}) })
+	}
+	for _, ref := range bases {
+		must(t, fixtures.Pull(ctx(), api, ref))
+	}
+	cold := reg.LayersServed()
+	if cold != 9 {
+		t.Fatalf("cold pull downloaded %d layers, want all 9", cold)
+	}
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true"})
+	if r.code != 0 || r.report.Decision != plugin.DecisionPruned || exists("image", old) {
+		t.Fatalf("exit %d decision %q; the prune did not run (old dangling image kept: %v)", r.code, r.report.Decision, exists("image", old))
+	}
+	for _, ref := range bases {
+		if !exists("image", ref) {
+			t.Errorf("base image %s was removed", ref)
+		}
+		must(t, fixtures.Pull(ctx(), api, ref))
+	}
+	if warm := reg.LayersServed() - cold; warm != 0 {
+		t.Errorf("pulling again after the prune downloaded %d layers, want 0", warm)
+	}
+}
