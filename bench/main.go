@@ -143,10 +143,12 @@ type countingTransport struct {
 
 func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	c.n.Add(1)
+	start := time.Now()
+	resp, err := c.base.RoundTrip(r)
 	c.mu.Lock()
-	c.seen = append(c.seen, r.Method+" "+r.URL.Path)
+	c.seen = append(c.seen, fmt.Sprintf("%s %s %s", r.Method, r.URL.Path, ms(time.Since(start))))
 	c.mu.Unlock()
-	return c.base.RoundTrip(r)
+	return resp, err
 }
 
 func (c *countingTransport) reset() []string {

@@ -154,20 +154,22 @@ func TestReadCIEnvironment(t *testing.T) {
 	}
 }
 
-// The docs' settings table lists every setting with the default the code uses.
+// The docs' settings tables list every setting with the default the code uses.
 func TestDocsSettingsTable(t *testing.T) {
-	data, err := os.ReadFile("../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range Settings {
-		def := s.Default
-		if def == "" {
-			def = "unset"
+	for _, doc := range []string{"../README.md", "../docs/usage.md"} {
+		data, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
 		}
-		row := "| `" + s.Key + "` | `" + def + "` |"
-		if !strings.Contains(string(data), row) {
-			t.Errorf("README.md settings table lacks the row starting %s", row)
+		for _, s := range Settings {
+			def := s.Default
+			if def == "" {
+				def = "unset"
+			}
+			row := "| `" + s.Key + "` | `" + def + "` |"
+			if !strings.Contains(string(data), row) {
+				t.Errorf("%s settings table lacks the row starting %s", doc, row)
+			}
 		}
 	}
 }
