@@ -113,8 +113,12 @@ func execute(c *cli.Context, stdout, stderr io.Writer) int {
 
 	engine, err := plugin.NewEngine(nil)
 	if err != nil {
+		report := plugin.FailedReport(version, cfg, err)
+		if emitErr := plugin.Emit(stdout, cfg, report); emitErr != nil {
+			log.WithError(emitErr).Error("writing the summary")
+		}
 		fmt.Fprintln(stderr, "drone-gated-prune:", err)
-		return plugin.ExitRuntime
+		return report.ExitCode
 	}
 	defer engine.Close()
 

@@ -78,7 +78,7 @@ func TestBadInput(t *testing.T) {
 		{env: map[string]string{"PLUGIN_NETWORKS": "true"}, code: 3, name: "networks"},
 		{env: map[string]string{"PLUGIN_FILTERS": "dangling=false"}, code: 3, name: "filters"},
 		{env: map[string]string{"PLUGIN_PRUNE_ALL": "1"}, code: 3, name: "prune_all"},
-		{env: map[string]string{"PLUGIN_THRESHOLD": "90", "PLUGIN_FAIL_ABOVE": "80"}, code: 2, name: "fail_above"},
+		{env: map[string]string{"PLUGIN_WAIT": "10m"}, code: 2, name: "wait"},
 		{env: map[string]string{"PLUGIN_WAIT": "20m", "PLUGIN_TIMEOUT": "10m"}, code: 2, name: "wait"},
 		{env: map[string]string{"PLUGIN_SUMMARY_FILE": filepath.Join(dir, "x"), "PLUGIN_METRICS_FILE": filepath.Join(dir, "x")}, code: 2, name: "metrics_file"},
 		{args: []string{"--threshold", "abc"}, code: 2, name: "threshold"},

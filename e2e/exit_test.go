@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,26 +78,39 @@ func TestExitCodes(t *testing.T) {
 	if r.code != plugin.ExitPolicy || !r.report.CeilingBreached || !strings.Contains(r.stderr, "fail_above") {
 		t.Errorf("ceiling: exit %d breached %v stderr %q", r.code, r.report.CeilingBreached, r.stderr)
 	}
-	// 3 also below threshold: the ceiling is checked at every ending.
-	r = runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "99.9", "PLUGIN_FAIL_ABOVE": "99.9", "PLUGIN_DISK_PATH": "/"})
-	if r.report.DiskBefore == nil {
-		t.Fatalf("no disk reading: %+v", r.report)
-	}
-	if r.report.DiskBefore.UsedPercent() < 99.9 && (r.code != 0 || r.report.Decision != plugin.DecisionKeptCache) {
-		t.Errorf("below threshold and ceiling: exit %d", r.code)
+	// 3 also below threshold: the ceiling is an alert level checked at every ending.
+	r = runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "100", "PLUGIN_FAIL_ABOVE": "0.1", "PLUGIN_DISK_PATH": "/"})
+	if r.code != plugin.ExitPolicy || r.report.Decision != plugin.DecisionKeptCache || !r.report.CeilingBreached {
+		t.Errorf("kept cache above the ceiling: exit %d decision %q breached %v", r.code, r.report.Decision, r.report.CeilingBreached)
 	}
 }
 
-// Settings arrive from an env file too, and the command line overrides the environment.
+// Settings arrive from an env file too, the command line overrides the environment, and with
+// disk_path set a below-threshold run contacts no daemon at all.
 func TestEnvFileAndFlags(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "watch.sock")
+	ln, err := net.Listen("unix", sock)
+	must(t, err)
+	defer ln.Close()
+	var connections atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			connections.Add(1)
+			c.Close()
+		}
+	}()
 	file := filepath.Join(t.TempDir(), "prune.env")
-	must(t, os.WriteFile(file, []byte("PLUGIN_THRESHOLD=100\nPLUGIN_FAIL_ABOVE=100\nPLUGIN_DISK_PATH=/\n"), 0o644))
-	r := runPlugin(t, map[string]string{"PLUGIN_ENV_FILE": file})
-	if r.code != 0 || r.report.Decision != plugin.DecisionKeptCache || r.report.APIVersion != "" {
-		t.Errorf("env file: exit %d decision %q api %q (want no daemon call)", r.code, r.report.Decision, r.report.APIVersion)
+	must(t, os.WriteFile(file, []byte("PLUGIN_THRESHOLD=100\nPLUGIN_FAIL_ABOVE=100\nPLUGIN_DISK_PATH=/\nPLUGIN_UNTIL=12h\n"), 0o644))
+	r := runPlugin(t, map[string]string{"PLUGIN_ENV_FILE": file, "DOCKER_HOST": "unix://" + sock})
+	if r.code != 0 || r.report.Decision != plugin.DecisionKeptCache || r.report.Until != "12h" || connections.Load() != 0 {
+		t.Errorf("env file: exit %d decision %q until %q, %d daemon connections (want 0)", r.code, r.report.Decision, r.report.Until, connections.Load())
 	}
 	r = runPlugin(t, map[string]string{"PLUGIN_ENV_FILE": file}, "--force", "--dry-run", "--until", "48h")
 	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun || r.report.Until != "48h" {
-		t.Errorf("flags: exit %d decision %q until %q", r.code, r.report.Decision, r.report.Until)
+		t.Errorf("flags over the env file: exit %d decision %q until %q", r.code, r.report.Decision, r.report.Until)
 	}
 }

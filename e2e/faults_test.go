@@ -86,26 +86,19 @@ func TestStackAppearsBetweenPhases(t *testing.T) {
 	}
 }
 
-// SIGTERM in the middle of a prune: a prompt exit 1 with a summary of what was done.
-func TestSignalDuringPrune(t *testing.T) {
-	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-	makeContainer(t, containerSpec{})
-	time.Sleep(2100 * time.Millisecond)
-	release := make(chan struct{})
-	defer close(release)
+// signalDuringPrune runs the plugin through a proxy that holds the engine's answer to the
+// container prune for hold (the engine has already pruned), sends SIGTERM while it is held, and
+// returns the plugin's exit, output and how long it took to exit after the signal.
+func signalDuringPrune(t *testing.T, hold time.Duration) (*exec.ExitError, string, time.Duration) {
+	t.Helper()
 	p := startProxy(t, &faultProxy{})
 	p.beforeResponse = func(rt string) {
 		if rt == "POST /containers/prune" {
-			// The engine has pruned; its answer is held back, so the plugin is mid-call.
-			select {
-			case <-release:
-			case <-time.After(30 * time.Second):
-			}
+			time.Sleep(hold)
 		}
 	}
-	summary := filepath.Join(t.TempDir(), "summary.json")
 	cmd := exec.Command(pluginBin)
-	cmd.Env = []string{"DOCKER_HOST=" + p.host, "PLUGIN_FORCE=true", "PLUGIN_UNTIL=1s", "PLUGIN_SUMMARY_FILE=" + summary}
+	cmd.Env = []string{"DOCKER_HOST=" + p.host, "PLUGIN_FORCE=true", "PLUGIN_UNTIL=1s"}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	must(t, cmd.Start())
@@ -117,13 +110,59 @@ func TestSignalDuringPrune(t *testing.T) {
 	took := time.Since(signalled)
 	t.Logf("exit after %s: %v\nstdout:\n%s\nstderr:\n%s", took, err, stdout.String(), stderr.String())
 	exit, ok := err.(*exec.ExitError)
-	if !ok || exit.ExitCode() != plugin.ExitRuntime || took > 2*time.Second {
-		t.Fatalf("want exit 1 within 2s of SIGTERM, got %v after %s", err, took)
+	if !ok {
+		t.Fatalf("want an exit status, got %v", err)
 	}
-	if !strings.Contains(stdout.String(), "decision: error") || !strings.Contains(stdout.String(), "received terminated") {
-		t.Errorf("summary does not report the signal")
+	return exit, stdout.String(), took
+}
+
+// SIGTERM while the engine is pruning: the prune's answer is awaited for the grace period (3 s),
+// the summary says what it removed, and the later phases do not run.
+func TestSignalLetsPruneFinish(t *testing.T) {
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	stopped := makeContainer(t, containerSpec{})
+	time.Sleep(2100 * time.Millisecond)
+	exit, out, took := signalDuringPrune(t, 1500*time.Millisecond)
+	if exit.ExitCode() != plugin.ExitRuntime || took > 3*time.Second {
+		t.Fatalf("want exit 1 once the held answer arrives, got %d after %s", exit.ExitCode(), took)
 	}
-	if !strings.Contains(stdout.String(), "images       not run") || !exists("image", old) {
-		t.Errorf("the images phase ran after the signal")
+	for _, want := range []string{"decision: error", "stopped after the containers phase: received terminated", "containers   removed", "images       not run"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q", want)
+		}
+	}
+	if exists("container", stopped) || !exists("image", old) {
+		t.Errorf("the container phase should have removed %s and the image phase not run", stopped)
+	}
+}
+
+// SIGTERM while the engine's answer does not come: abandoned after the grace period, exit 1,
+// the phase reported interrupted.
+func TestSignalDuringPrune(t *testing.T) {
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	makeContainer(t, containerSpec{})
+	time.Sleep(2100 * time.Millisecond)
+	exit, out, took := signalDuringPrune(t, 20*time.Second)
+	if exit.ExitCode() != plugin.ExitRuntime || took > 4500*time.Millisecond {
+		t.Fatalf("want exit 1 within the 3 s grace (plus start-up), got %d after %s", exit.ExitCode(), took)
+	}
+	for _, want := range []string{"decision: error", "stopped during the containers phase: received terminated", "containers   interrupted", "images       not run"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q", want)
+		}
+	}
+	if !exists("image", old) {
+		t.Errorf("the image phase ran after the signal")
+	}
+}
+
+// A node that is not a swarm manager (GET /services answers 503) is judged as a worker: only its
+// own containers are checked, and the summary says so.
+func TestWorkerFallback(t *testing.T) {
+	p := startProxy(t, &faultProxy{fail: regexp.MustCompile(`^GET /services$`), failStatus: 503,
+		failMessage: "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."})
+	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true"})
+	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun || !strings.Contains(r.stdout, "worker node") {
+		t.Fatalf("exit %d decision %q; want a dry run that says it judged a worker node", r.code, r.report.Decision)
 	}
 }

@@ -147,11 +147,6 @@ func (w *randomWorld) check(t *testing.T, labels bool, before, after inventory, 
 			t.Errorf("seed %d%s: container %s (running %v, old %v, labelled %v) removed=%v, policy says %v", w.seed, describe, c.id[:12], c.running, c.old, c.lbl, gone, want[c.id])
 		}
 	}
-	for _, v := range w.volumes {
-		if !after.volumes[v] {
-			t.Errorf("seed %d%s: volume %s removed", w.seed, describe, v)
-		}
-	}
 	for id := range before.networks {
 		if !after.networks[id] {
 			t.Errorf("seed %d%s: network %s removed", w.seed, describe, id)
@@ -163,9 +158,13 @@ func (w *randomWorld) check(t *testing.T, labels bool, before, after inventory, 
 		}
 	}
 	for id := range before.images {
-		if !fixtures[id] && !after.images[id] && before.images[id] {
-			// Not ours: only old dangling images may go, and ours are the only ones here.
-			t.Logf("seed %d%s: non-fixture image %s removed", w.seed, describe, id)
+		if !fixtures[id] && !after.images[id] {
+			t.Errorf("seed %d%s: image %s, not one of this world's, was removed", w.seed, describe, id)
+		}
+	}
+	for id := range before.containers {
+		if !fixtures[id] && !after.containers[id] {
+			t.Errorf("seed %d%s: container %s, not one of this world's, was removed", w.seed, describe, id)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -18,8 +19,11 @@ import (
 // Everything else the plugin sees is the real engine's answer.
 type faultProxy struct {
 	host string // DOCKER_HOST value for the plugin
-	// fail, when it matches "METHOD /path" (API version stripped), answers 500 instead.
-	fail *regexp.Regexp
+	// fail, when it matches "METHOD /path" (API version stripped), answers failStatus (500 when
+	// zero) with failMessage instead.
+	fail        *regexp.Regexp
+	failStatus  int
+	failMessage string
 	// beforeResponse runs on each engine response, before the plugin receives it.
 	beforeResponse func(route string)
 	seen           chan string
@@ -67,9 +71,17 @@ func startProxy(t *testing.T, p *faultProxy) *faultProxy {
 		default:
 		}
 		if p.fail != nil && p.fail.MatchString(rt) {
+			status, msg := p.failStatus, p.failMessage
+			if status == 0 {
+				status = http.StatusInternalServerError
+			}
+			if msg == "" {
+				msg = "injected fault for " + rt
+			}
+			body, _ := json.Marshal(map[string]string{"message": msg})
 			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusInternalServerError)
-			_, _ = w.Write([]byte(`{"message":"injected fault for ` + rt + `"}`))
+			w.WriteHeader(status)
+			_, _ = w.Write(body)
 			return
 		}
 		rp.ServeHTTP(w, r)

@@ -2,6 +2,7 @@ package gates
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	units "github.com/docker/go-units"
@@ -66,9 +67,9 @@ func (f InodeFloor) Set() bool { return f.Count > 0 || f.Percent > 0 }
 // String renders the floor the way it was given ("5%" or "100000").
 func (f InodeFloor) String() string {
 	if f.IsPercent {
-		return fmt.Sprintf("%g%%", f.Percent)
+		return strconv.FormatFloat(f.Percent, 'f', -1, 64) + "%"
 	}
-	return fmt.Sprintf("%d", f.Count)
+	return strconv.FormatUint(f.Count, 10)
 }
 
 func (f InodeFloor) breached(fs Filesystem) bool {
@@ -121,7 +122,7 @@ func DiskPressure(fs Filesystem, p DiskPolicy) Verdict {
 	case p.Force:
 		v.Open, v.Reason = true, fmt.Sprintf("forced: %.1f%% used is below the %g%% threshold, pruning anyway", fs.UsedPercent(), p.ThresholdPercent)
 	default:
-		v.Reason = fmt.Sprintf("%.1f%% used is below the %g%% threshold", fs.UsedPercent(), p.ThresholdPercent)
+		v.Reason = fmt.Sprintf("%.1f%% used is below the %g%% threshold: keeping local image cache", fs.UsedPercent(), p.ThresholdPercent)
 	}
 	return v
 }

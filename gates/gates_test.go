@@ -20,7 +20,7 @@ func TestDiskPressure(t *testing.T) {
 		open   bool
 		reason string
 	}{
-		{"below threshold", fs(50), DiskPolicy{ThresholdPercent: 80}, false, "below the 80% threshold"},
+		{"below threshold", fs(50), DiskPolicy{ThresholdPercent: 80}, false, "below the 80% threshold: keeping local image cache"},
 		{"at threshold", fs(80), DiskPolicy{ThresholdPercent: 80}, true, "at or above the 80% threshold"},
 		{"above threshold", fs(95), DiskPolicy{ThresholdPercent: 80}, true, "95.0% used"},
 		{"min_free breached", fs(50), DiskPolicy{ThresholdPercent: 80, MinFreeBytes: 600}, true, "below min_free"},
@@ -90,7 +90,6 @@ func TestLiveRuns(t *testing.T) {
 		{"other build of same repo counts", Workload{Containers: []Container{{Name: "step", Labels: map[string]string{"io.drone": "true", DroneRepoLabel: "me/r", DroneBuildLabel: "5"}}}},
 			RunPolicy{Labels: []LabelSelector{{Key: "io.drone"}}, Own: OwnBuild{Repo: "me/r", Number: "4"}}, false, "io.drone"},
 		{"self ignored", Workload{Self: "0123456789ab", Containers: []Container{{ID: "0123456789abcdef", Name: "ci-run-9-prune"}}}, ciRun, true, ""},
-		{"swarm unreadable fails closed", Workload{Swarm: SwarmUnavailable, SwarmError: "locked"}, ciRun, false, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -119,21 +118,19 @@ func TestUnconverged(t *testing.T) {
 		open     bool
 		evidence string
 	}{
-		{"converged", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Mode: "replicated", StatusKnown: true, Running: 3, Desired: 3}}}, true, ""},
-		{"short of replicas", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Mode: "replicated", StatusKnown: true, Running: 1, Desired: 3}}}, false, "service web has 1/3 tasks running"},
-		{"global short", Workload{Swarm: SwarmManager, Services: []Service{{Name: "agent", Mode: "global", StatusKnown: true, Running: 0, Desired: 1}}}, false, "0/1"},
-		{"scaled to zero", Workload{Swarm: SwarmManager, Services: []Service{{Name: "off", Mode: "replicated", StatusKnown: true}}}, true, ""},
-		{"finished job", Workload{Swarm: SwarmManager, Services: []Service{{Name: "migrate", Mode: "replicated-job", StatusKnown: true, Running: 0, Desired: 0}}}, true, ""},
-		{"running job", Workload{Swarm: SwarmManager, Services: []Service{{Name: "prune", Mode: "global-job", StatusKnown: true, Running: 0, Desired: 1}}}, true, ""},
-		{"updating", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Mode: "replicated", StatusKnown: true, Running: 3, Desired: 3, UpdateState: "updating"}}}, false, "service web is updating"},
-		{"rolling back", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Mode: "replicated", StatusKnown: true, Running: 3, Desired: 3, UpdateState: "rollback_started"}}}, false, "rollback started"},
-		{"update completed", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Mode: "replicated", StatusKnown: true, Running: 3, Desired: 3, UpdateState: "completed"}}}, true, ""},
-		{"no status", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Mode: "replicated"}}}, false, "no task counts"},
+		{"converged", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Mode: "replicated", Running: 3, Desired: 3}}}, true, ""},
+		{"short of replicas", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Mode: "replicated", Running: 1, Desired: 3}}}, false, "service web has 1/3 tasks running"},
+		{"global short", Workload{Swarm: SwarmManager, Services: []Service{{Name: "agent", Mode: "global", Running: 0, Desired: 1}}}, false, "0/1"},
+		{"scaled to zero", Workload{Swarm: SwarmManager, Services: []Service{{Name: "off", Mode: "replicated"}}}, true, ""},
+		{"finished job", Workload{Swarm: SwarmManager, Services: []Service{{Name: "migrate", Mode: "replicated-job", Running: 0, Desired: 0}}}, true, ""},
+		{"running job", Workload{Swarm: SwarmManager, Services: []Service{{Name: "prune", Mode: "global-job", Running: 0, Desired: 1}}}, true, ""},
+		{"updating", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Mode: "replicated", Running: 3, Desired: 3, UpdateState: "updating"}}}, false, "service web is updating"},
+		{"rolling back", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Mode: "replicated", Running: 3, Desired: 3, UpdateState: "rollback_started"}}}, false, "rollback started"},
+		{"update completed", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Mode: "replicated", Running: 3, Desired: 3, UpdateState: "completed"}}}, true, ""},
 		{"restarting", Workload{Containers: []Container{{Name: "flaky", State: "restarting"}}}, false, "container flaky is restarting"},
 		{"health starting", Workload{Containers: []Container{{Name: "db", State: "running", Health: "starting"}}}, false, "health is starting"},
 		{"unhealthy is settled", Workload{Containers: []Container{{Name: "db", State: "running", Health: "unhealthy"}}}, true, ""},
 		{"worker created task", Workload{Swarm: SwarmWorker, Containers: []Container{{Name: "web.1", State: "created", Labels: map[string]string{SwarmTaskLabel: "x"}}}}, false, "created but not started"},
-		{"swarm unreadable", Workload{Swarm: SwarmUnavailable, SwarmError: "locked"}, false, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -19,13 +19,12 @@ const (
 // SwarmRole is what this engine is in a swarm.
 type SwarmRole string
 
-// The roles a snapshot can carry. SwarmUnavailable is a swarm the engine belongs to but cannot
-// report on (locked, error, pending): the gates fail closed on it.
+// The roles a snapshot can carry. A swarm the engine belongs to but cannot report on (locked,
+// pending, error) gives no snapshot at all: the engine adapter fails the run instead.
 const (
-	SwarmNone        SwarmRole = "none"
-	SwarmManager     SwarmRole = "manager"
-	SwarmWorker      SwarmRole = "worker"
-	SwarmUnavailable SwarmRole = "unavailable"
+	SwarmNone    SwarmRole = "none"
+	SwarmManager SwarmRole = "manager"
+	SwarmWorker  SwarmRole = "worker"
 )
 
 // Service is one swarm service with its task counts.
@@ -34,11 +33,9 @@ type Service struct {
 	Name  string `json:"name"`
 	Stack string `json:"stack,omitempty"`
 	// Mode is replicated, global, replicated-job or global-job.
-	Mode string `json:"mode"`
-	// StatusKnown is false when the daemon did not report task counts (API below 1.41).
-	StatusKnown bool   `json:"status_known"`
-	Running     uint64 `json:"running"`
-	Desired     uint64 `json:"desired"`
+	Mode    string `json:"mode"`
+	Running uint64 `json:"running"`
+	Desired uint64 `json:"desired"`
 	// UpdateState is the service's UpdateStatus.State ("updating", "rollback_started", ...), or "".
 	UpdateState string `json:"update_state,omitempty"`
 }
@@ -60,8 +57,6 @@ type Container struct {
 // Workload is one snapshot of what runs on the engine.
 type Workload struct {
 	Swarm SwarmRole `json:"swarm"`
-	// SwarmError is the engine's own words when Swarm is SwarmUnavailable.
-	SwarmError string `json:"swarm_error,omitempty"`
 	// Services is filled on a manager only.
 	Services []Service `json:"services,omitempty"`
 	// Containers holds the live containers (running, paused, restarting).
@@ -129,10 +124,6 @@ func LiveRuns(w Workload, p RunPolicy) Verdict {
 		v.Warnings = append(v.Warnings, "NO-RUN GATE IS BLIND: set stack_pattern or run_labels so a live CI run holds the prune")
 		return v
 	}
-	if w.Swarm == SwarmUnavailable {
-		v.Reason = "swarm state cannot be read, so live stacks cannot be ruled out: " + w.SwarmError
-		return v
-	}
 	seen := map[string]bool{}
 	add := func(what string) {
 		if !seen[what] {
@@ -160,11 +151,15 @@ func LiveRuns(w Workload, p RunPolicy) Verdict {
 		if w.isSelf(c) {
 			continue
 		}
-		if stack := c.Labels[StackNamespaceLabel]; match(stack) != "" {
-			add(fmt.Sprintf("swarm stack %q (container %s) matches %q", stack, c.Name, match(stack)))
+		if stack := c.Labels[StackNamespaceLabel]; stack != "" {
+			if re := match(stack); re != "" {
+				add(fmt.Sprintf("swarm stack %q (container %s) matches %q", stack, c.Name, re))
+			}
 		}
-		if project := c.Labels[ComposeProjectLabel]; match(project) != "" {
-			add(fmt.Sprintf("compose project %q (container %s) matches %q", project, c.Name, match(project)))
+		if project := c.Labels[ComposeProjectLabel]; project != "" {
+			if re := match(project); re != "" {
+				add(fmt.Sprintf("compose project %q (container %s) matches %q", project, c.Name, re))
+			}
 		}
 		if re := match(c.Name); re != "" {
 			add(fmt.Sprintf("container %q (%s) matches %q", c.Name, c.State, re))
@@ -204,9 +199,6 @@ func describePolicy(p RunPolicy) string {
 func Unconverged(w Workload) Verdict {
 	v := Verdict{Gate: NoConvergeGate}
 	switch w.Swarm {
-	case SwarmUnavailable:
-		v.Reason = "swarm state cannot be read, so convergence cannot be judged: " + w.SwarmError
-		return v
 	case SwarmWorker:
 		v.Warnings = append(v.Warnings, "worker node: the cluster's services cannot be listed here, so only this node's own task containers and other containers are checked")
 	case SwarmNone:
@@ -216,8 +208,6 @@ func Unconverged(w Workload) Verdict {
 		switch {
 		case s.UpdateState == "updating" || s.UpdateState == "rollback_started":
 			v.Evidence = append(v.Evidence, fmt.Sprintf("service %s is %s (%d/%d running)", s.Name, strings.ReplaceAll(s.UpdateState, "_", " "), s.Running, s.Desired))
-		case !s.StatusKnown:
-			v.Evidence = append(v.Evidence, fmt.Sprintf("service %s: the daemon reported no task counts", s.Name))
 		case s.IsJob():
 			// A job's desired count is what is still to run; a finished job reports 0/0 and a
 			// running one is doing its work, not converging towards a state.

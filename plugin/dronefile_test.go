@@ -58,7 +58,7 @@ func readDroneFile(t *testing.T, path string) []dronePipeline {
 	}
 }
 
-// Every step that uses the plugin, in .drone.yml and in the docs, passes the plugin's own settings
+// Every step in .drone.yml that uses the plugin passes the plugin's own settings
 // validation once its settings are encoded by Drone's rules; a wrong key or value fails here.
 func TestDroneFileSettingsValidate(t *testing.T) {
 	checked := map[string]map[string]string{}

@@ -30,6 +30,9 @@ type Engine struct {
 	// QueryTimeout bounds each read (info, lists); PruneTimeout bounds each prune.
 	QueryTimeout time.Duration
 	PruneTimeout time.Duration
+	// StopGrace is how long a prune already sent may still answer once the run is stopped
+	// (signal or timeout), so the summary can say what it removed.
+	StopGrace time.Duration
 }
 
 // NewEngine connects the way the docker CLI does: DOCKER_HOST, DOCKER_API_VERSION and TLS settings
@@ -46,7 +49,7 @@ func NewEngine(httpClient *http.Client) (*Engine, error) {
 	if err != nil {
 		return nil, &RuntimeError{What: "connecting to the Docker daemon", Err: err}
 	}
-	return &Engine{api: api, QueryTimeout: 30 * time.Second, PruneTimeout: 5 * time.Minute}, nil
+	return &Engine{api: api, QueryTimeout: 30 * time.Second, PruneTimeout: 5 * time.Minute, StopGrace: 3 * time.Second}, nil
 }
 
 // Close releases the client's connections.
@@ -57,6 +60,14 @@ func (e *Engine) Host() string { return e.api.DaemonHost() }
 
 func (e *Engine) query(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, e.QueryTimeout)
+}
+
+// pruneContext outlives ctx by StopGrace: the run stops between calls, and a prune the engine is
+// already carrying out gets that long to report what it removed before it is abandoned.
+func (e *Engine) pruneContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.PruneTimeout)
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(e.StopGrace, cancel) })
+	return pctx, func() { stop(); cancel() }
 }
 
 // DataRoot asks the daemon where it keeps its data (GET /info), so the disk gate measures the
@@ -101,10 +112,13 @@ func (e *Engine) Workload(ctx context.Context) (Snapshot, error) {
 	}
 	self, _ := os.Hostname()
 	s.Workload.Self = self
-	s.Workload.Swarm = swarmRole(info.Swarm)
-	if s.Workload.Swarm == gates.SwarmUnavailable {
-		s.Workload.SwarmError = fmt.Sprintf("node state %q %s", info.Swarm.LocalNodeState, info.Swarm.Error)
+	role, ok := swarmRole(info.Swarm)
+	if !ok {
+		// A swarm that cannot report on itself: the gates cannot be evaluated, so fail closed.
+		return s, &RuntimeError{What: "reading the swarm state for the no-run and no-converge gates",
+			Err: fmt.Errorf("this node's swarm state is %q %s", info.Swarm.LocalNodeState, info.Swarm.Error)}
 	}
+	s.Workload.Swarm = role
 	if s.Workload.Swarm == gates.SwarmManager {
 		services, err := e.services(ctx)
 		switch {
@@ -132,17 +146,18 @@ func (e *Engine) Workload(ctx context.Context) (Snapshot, error) {
 	return s, nil
 }
 
-func swarmRole(info swarm.Info) gates.SwarmRole {
+// swarmRole reads the node's role; false for a swarm it cannot report on (pending, locked, error).
+func swarmRole(info swarm.Info) (gates.SwarmRole, bool) {
 	switch info.LocalNodeState {
 	case swarm.LocalNodeStateInactive, "":
-		return gates.SwarmNone
+		return gates.SwarmNone, true
 	case swarm.LocalNodeStateActive:
 		if info.ControlAvailable {
-			return gates.SwarmManager
+			return gates.SwarmManager, true
 		}
-		return gates.SwarmWorker
+		return gates.SwarmWorker, true
 	}
-	return gates.SwarmUnavailable
+	return "", false
 }
 
 // services lists swarm services with their running and desired task counts.
@@ -158,10 +173,13 @@ func (e *Engine) services(ctx context.Context) ([]gates.Service, error) {
 	}
 	out := make([]gates.Service, 0, len(list))
 	for _, sv := range list {
-		g := gates.Service{ID: sv.ID, Name: sv.Spec.Name, Stack: sv.Spec.Labels[gates.StackNamespaceLabel], Mode: serviceMode(sv.Spec.Mode)}
-		if sv.ServiceStatus != nil {
-			g.StatusKnown, g.Running, g.Desired = true, sv.ServiceStatus.RunningTasks, sv.ServiceStatus.DesiredTasks
+		if sv.ServiceStatus == nil {
+			// Engines below API 1.41 send no task counts: convergence cannot be judged.
+			return nil, &RuntimeError{What: "listing swarm services for the no-converge gate (GET /services?status=true)",
+				Err: fmt.Errorf("the daemon reported no task counts for service %s (API %s)", sv.Spec.Name, e.api.ClientVersion())}
 		}
+		g := gates.Service{ID: sv.ID, Name: sv.Spec.Name, Stack: sv.Spec.Labels[gates.StackNamespaceLabel], Mode: serviceMode(sv.Spec.Mode),
+			Running: sv.ServiceStatus.RunningTasks, Desired: sv.ServiceStatus.DesiredTasks}
 		if sv.UpdateStatus != nil {
 			g.UpdateState = string(sv.UpdateStatus.State)
 		}
@@ -225,25 +243,26 @@ type Object struct {
 	Created time.Time `json:"created,omitempty"`
 }
 
-func pruneFilters(cutoff time.Time, labels []gates.LabelSelector) filters.Args {
-	f := filters.NewArgs(filters.Arg("until", strconv.FormatInt(cutoff.Unix(), 10)))
+// withLabels adds one label filter per selector: the engine then requires all of them.
+func withLabels(f filters.Args, labels []gates.LabelSelector) filters.Args {
 	for _, l := range labels {
 		f.Add("label", l.String())
 	}
 	return f
 }
 
+func pruneFilters(cutoff time.Time, labels []gates.LabelSelector) filters.Args {
+	return withLabels(filters.NewArgs(filters.Arg("until", strconv.FormatInt(cutoff.Unix(), 10))), labels)
+}
+
 // StoppedContainers lists what the container prune removes: created, exited and dead containers
-// created before cutoff and carrying labels. withSize asks for each writable layer's size, which
-// makes the daemon walk every layer (dry runs only).
-func (e *Engine) StoppedContainers(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector, withSize bool) ([]Object, error) {
+// created before cutoff and carrying labels, with each writable layer's size (which makes the
+// daemon walk every layer; dry runs only).
+func (e *Engine) StoppedContainers(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector) ([]Object, error) {
 	ctx, cancel := e.query(ctx)
 	defer cancel()
-	f := filters.NewArgs(filters.Arg("status", "created"), filters.Arg("status", "exited"), filters.Arg("status", "dead"))
-	for _, l := range labels {
-		f.Add("label", l.String())
-	}
-	list, err := e.api.ContainerList(ctx, container.ListOptions{All: true, Size: withSize, Filters: f})
+	f := withLabels(filters.NewArgs(filters.Arg("status", "created"), filters.Arg("status", "exited"), filters.Arg("status", "dead")), labels)
+	list, err := e.api.ContainerList(ctx, container.ListOptions{All: true, Size: true, Filters: f})
 	if err != nil {
 		return nil, e.failed("listing stopped containers (GET /containers/json)", err)
 	}
@@ -279,10 +298,7 @@ func (e *Engine) ImagesInUse(ctx context.Context, skip map[string]bool) (map[str
 func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector) ([]Object, error) {
 	ctx, cancel := e.query(ctx)
 	defer cancel()
-	f := filters.NewArgs(filters.Arg("dangling", "true"))
-	for _, l := range labels {
-		f.Add("label", l.String())
-	}
+	f := withLabels(filters.NewArgs(filters.Arg("dangling", "true")), labels)
 	list, err := e.api.ImageList(ctx, image.ListOptions{Filters: f})
 	if err != nil {
 		return nil, e.failed("listing dangling images (GET /images/json)", err)
@@ -339,7 +355,7 @@ func (e *Engine) pruneErr(what string, err error) error {
 
 // PruneContainers removes stopped containers created before cutoff (POST /containers/prune).
 func (e *Engine) PruneContainers(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector) ([]string, uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.PruneTimeout)
+	ctx, cancel := e.pruneContext(ctx)
 	defer cancel()
 	r, err := e.api.ContainersPrune(ctx, pruneFilters(cutoff, labels))
 	if err != nil {
@@ -351,7 +367,7 @@ func (e *Engine) PruneContainers(ctx context.Context, cutoff time.Time, labels [
 // PruneDanglingImages removes dangling images created before cutoff (POST /images/prune with
 // dangling=true, never false). It returns the image and layer IDs deleted and the tags removed.
 func (e *Engine) PruneDanglingImages(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector) (deleted, untagged []string, reclaimed uint64, err error) {
-	ctx, cancel := context.WithTimeout(ctx, e.PruneTimeout)
+	ctx, cancel := e.pruneContext(ctx)
 	defer cancel()
 	f := pruneFilters(cutoff, labels)
 	f.Add("dangling", "true")
@@ -376,7 +392,7 @@ func (e *Engine) PruneDanglingImages(ctx context.Context, cutoff time.Time, labe
 // the daemon, so that the daemon's own later "now" can only move the cutoff earlier (prune less).
 // The engine ignores label filters here, so none are sent.
 func (e *Engine) PruneBuildCache(ctx context.Context, cutoff, daemonNow time.Time) ([]string, uint64, error) {
-	ctx, cancel := context.WithTimeout(ctx, e.PruneTimeout)
+	ctx, cancel := e.pruneContext(ctx)
 	defer cancel()
 	age := daemonNow.Sub(cutoff).Round(time.Millisecond) + buildCacheMargin
 	f := filters.NewArgs(filters.Arg("until", age.String()))

@@ -22,9 +22,6 @@ type Run struct {
 	Version string
 	// PollInterval is how often closed gates are re-checked while Config.Wait lasts.
 	PollInterval time.Duration
-	// beforePhase, when set, is called before each prune phase's gate re-check (tests use it to
-	// change the engine between phases).
-	beforePhase func(phase string)
 }
 
 // Measure reads the filesystem holding path (statfs).
@@ -123,9 +120,6 @@ func (r *Run) exec(ctx context.Context, rep *Report) error {
 	for i := range rep.Phases {
 		ph := &rep.Phases[i]
 		ph.Clock = phaseClocks[ph.Phase]
-		if r.beforePhase != nil {
-			r.beforePhase(ph.Phase)
-		}
 		if i > 0 {
 			// Re-check immediately before each later phase: a run may have started meanwhile.
 			if closed, err := r.recheck(ctx, rep); err != nil {
@@ -161,13 +155,17 @@ func (r *Run) exec(ctx context.Context, rep *Report) error {
 			ph.Status = StatusFailed
 			if ctx.Err() != nil {
 				ph.Status = StatusInterrupted
-				ph.Reason = "the run was stopped while the engine was pruning; it may have removed some objects, but its answer never arrived"
+				ph.Reason = "the run was stopped while the engine was pruning and its answer did not come within the grace period; it may have removed some objects"
 				return stopped(ctx, "during the "+ph.Phase+" phase")
 			}
 			ph.Reason = err.Error()
 			return err
 		}
 		r.Log.WithFields(logrus.Fields{"phase": ph.Phase, "status": ph.Status, "objects": ph.Count, "bytes": ph.Bytes}).Info("phase done")
+		if ctx.Err() != nil {
+			// Stopped while this phase's prune ran: it is reported in full, the rest does not run.
+			return stopped(ctx, "after the "+ph.Phase+" phase")
+		}
 	}
 	rep.Decision = DecisionPruned
 	if r.Config.DryRun {
@@ -280,7 +278,7 @@ func (r *Run) logVerdict(v gates.Verdict) {
 func (r *Run) containers(ctx context.Context, cutoff time.Time, ph *PhaseReport) (map[string]bool, error) {
 	removed := map[string]bool{}
 	if r.Config.DryRun {
-		objs, err := r.Engine.StoppedContainers(ctx, cutoff, r.Config.Labels, true)
+		objs, err := r.Engine.StoppedContainers(ctx, cutoff, r.Config.Labels)
 		if err != nil {
 			return nil, err
 		}

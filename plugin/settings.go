@@ -185,9 +185,6 @@ func ParseConfig(raw map[string]string, now time.Time) (Config, error) {
 	}
 	// Conflicts between settings that are each valid alone.
 	switch {
-	case c.FailAbove < c.Disk.ThresholdPercent:
-		return Config{}, &SettingError{Key: "fail_above", Value: fmt.Sprintf("%g", c.FailAbove),
-			Accepted: fmt.Sprintf("a percent at or above threshold (%g): below it the step would fail without ever pruning", c.Disk.ThresholdPercent)}
 	case c.Wait >= c.Timeout:
 		return Config{}, &SettingError{Key: "wait", Value: c.Wait.String(),
 			Accepted: fmt.Sprintf("a duration shorter than timeout (%s)", c.Timeout)}

@@ -87,9 +87,14 @@ func TestInvalidSettings(t *testing.T) {
 	}
 }
 
+func TestFailAboveIndependentOfThreshold(t *testing.T) {
+	if _, err := ParseConfig(map[string]string{"threshold": "95"}, now); err != nil {
+		t.Errorf("threshold above the default fail_above refused: %v", err)
+	}
+}
+
 func TestConflictsAndEmpty(t *testing.T) {
 	for name, raw := range map[string]map[string]string{
-		"fail_above below threshold":    {"threshold": "85", "fail_above": "80"},
 		"wait not shorter than timeout": {"wait": "10m", "timeout": "10m"},
 		"empty value":                   {"disk_path": ""},
 		"until in the future":           {"until": "2030-01-01T00:00:00Z"},
