@@ -2,34 +2,22 @@ package main
 
 import (
 	"bytes"
-	"net"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
 )
 
 // Bad input: each case exits with SPEC's code, prints one line naming the setting on stderr,
 // prints nothing else, and never connects to the daemon socket (DOCKER_HOST points at a socket
 // this test listens on and counts connections).
 func TestBadInput(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "docker.sock")
-	ln, err := net.Listen("unix", sock)
+	watch, err := fixtures.WatchSocket(filepath.Join(t.TempDir(), "docker.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	var connections atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			connections.Add(1)
-			c.Close()
-		}
-	}()
+	defer watch.Close()
 	dir := t.TempDir()
 	cases := []struct {
 		env  map[string]string
@@ -91,7 +79,7 @@ func TestBadInput(t *testing.T) {
 	for _, c := range cases {
 		label := strings.TrimSpace(strings.Join(c.args, " ") + " " + envString(c.env))
 		t.Run(label, func(t *testing.T) {
-			t.Setenv("DOCKER_HOST", "unix://"+sock)
+			t.Setenv("DOCKER_HOST", watch.Host())
 			for k, v := range c.env {
 				t.Setenv(k, v)
 			}
@@ -103,7 +91,7 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
-	if n := connections.Load(); n != 0 {
+	if n := watch.Connections(); n != 0 {
 		t.Errorf("bad input connected to the daemon socket %d time(s)", n)
 	}
 	t.Logf("%d bad-input cases", len(cases))

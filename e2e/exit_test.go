@@ -1,16 +1,15 @@
 package e2e
 
 import (
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/container"
 
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
 
@@ -38,29 +37,19 @@ func TestDeadSocket(t *testing.T) {
 // Scenario 8: every exit code of SPEC's table (0 is reached by the tests above).
 func TestExitCodes(t *testing.T) {
 	// 2: an invalid value names the setting and contacts no daemon.
-	sock := filepath.Join(t.TempDir(), "watch.sock")
-	ln, err := net.Listen("unix", sock)
+	watch, err := fixtures.WatchSocket(filepath.Join(t.TempDir(), "watch.sock"))
 	must(t, err)
-	defer ln.Close()
-	accepted := make(chan struct{}, 1)
-	go func() {
-		if c, err := ln.Accept(); err == nil {
-			accepted <- struct{}{}
-			c.Close()
-		}
-	}()
-	r := runPlugin(t, map[string]string{"DOCKER_HOST": "unix://" + sock, "PLUGIN_THRESHOLD": "120"})
+	defer watch.Close()
+	r := runPlugin(t, map[string]string{"DOCKER_HOST": watch.Host(), "PLUGIN_THRESHOLD": "120"})
 	if r.code != plugin.ExitInvalid || !strings.Contains(r.stderr, `invalid setting threshold="120"`) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 		t.Errorf("threshold 120: exit %d stderr %q", r.code, r.stderr)
 	}
-	r = runPlugin(t, map[string]string{"DOCKER_HOST": "unix://" + sock, "PLUGIN_TRESHOLD": "70"})
+	r = runPlugin(t, map[string]string{"DOCKER_HOST": watch.Host(), "PLUGIN_TRESHOLD": "70"})
 	if r.code != plugin.ExitInvalid || !strings.Contains(r.stderr, "did you mean threshold?") {
 		t.Errorf("typo: exit %d stderr %q", r.code, r.stderr)
 	}
-	select {
-	case <-accepted:
+	if watch.Connections() != 0 {
 		t.Errorf("invalid settings contacted the daemon socket")
-	case <-time.After(100 * time.Millisecond):
 	}
 	// 3: a scope-widening request.
 	for _, key := range []string{"PLUGIN_ALL", "PLUGIN_VOLUMES", "PLUGIN_NETWORKS", "PLUGIN_FILTERS"} {
@@ -88,26 +77,14 @@ func TestExitCodes(t *testing.T) {
 // Settings arrive from an env file too, the command line overrides the environment, and with
 // disk_path set a below-threshold run contacts no daemon at all.
 func TestEnvFileAndFlags(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "watch.sock")
-	ln, err := net.Listen("unix", sock)
+	watch, err := fixtures.WatchSocket(filepath.Join(t.TempDir(), "watch.sock"))
 	must(t, err)
-	defer ln.Close()
-	var connections atomic.Int32
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			connections.Add(1)
-			c.Close()
-		}
-	}()
+	defer watch.Close()
 	file := filepath.Join(t.TempDir(), "prune.env")
 	must(t, os.WriteFile(file, []byte("PLUGIN_THRESHOLD=100\nPLUGIN_FAIL_ABOVE=100\nPLUGIN_DISK_PATH=/\nPLUGIN_UNTIL=12h\n"), 0o644))
-	r := runPlugin(t, map[string]string{"PLUGIN_ENV_FILE": file, "DOCKER_HOST": "unix://" + sock})
-	if r.code != 0 || r.report.Decision != plugin.DecisionKeptCache || r.report.Until != "12h" || connections.Load() != 0 {
-		t.Errorf("env file: exit %d decision %q until %q, %d daemon connections (want 0)", r.code, r.report.Decision, r.report.Until, connections.Load())
+	r := runPlugin(t, map[string]string{"PLUGIN_ENV_FILE": file, "DOCKER_HOST": watch.Host()})
+	if r.code != 0 || r.report.Decision != plugin.DecisionKeptCache || r.report.Until != "12h" || watch.Connections() != 0 {
+		t.Errorf("env file: exit %d decision %q until %q, %d daemon connections (want 0)", r.code, r.report.Decision, r.report.Until, watch.Connections())
 	}
 	r = runPlugin(t, map[string]string{"PLUGIN_ENV_FILE": file}, "--force", "--dry-run", "--until", "48h")
 	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun || r.report.Until != "48h" {
