@@ -267,6 +267,13 @@ func waitFor(t testing.TB, limit time.Duration, cond func() bool) bool {
 	return cond()
 }
 
+// dataRoot is the daemon's data root, as GET /info gives it.
+func dataRoot(t testing.TB) string {
+	info, err := api.Info(ctx())
+	must(t, err)
+	return info.DockerRootDir
+}
+
 func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {

@@ -181,7 +181,7 @@ func TestImageAsDroneRunsIt(t *testing.T) {
 		for k, v := range settings {
 			env[k] = v
 		}
-		host, err := plugin.Measure("/var/lib/docker", "host")
+		host, err := plugin.Measure(dataRoot(t), "host")
 		must(t, err)
 		r := runImage(t, env, droneLabels(), t.TempDir())
 		if host.UsedPercent() >= threshold-1 {

@@ -141,7 +141,7 @@ func TestBelowThresholdRemovesNothing(t *testing.T) {
 	if !strings.Contains(r.stdout, "kept cache: below threshold") {
 		t.Errorf("summary does not say the cache was kept")
 	}
-	if len(r.report.Gates) != 1 || r.report.DiskBefore == nil || r.report.DiskBefore.Path != "/var/lib/docker" {
+	if len(r.report.Gates) != 1 || r.report.DiskBefore == nil || r.report.DiskBefore.Path != dataRoot(t) {
 		t.Errorf("want only the disk gate measured on the data root, got %+v, disk %+v", r.report.Gates, r.report.DiskBefore)
 	}
 }
