@@ -23,6 +23,7 @@ import (
 
 	"github.com/docker/docker/client"
 	"github.com/docker/go-connections/sockets"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
 )
 
 type config struct {
@@ -92,14 +93,10 @@ func run(cfg config) error {
 	}
 	defer os.RemoveAll(dir)
 	e := &env{api: api, dir: dir, pluginBin: filepath.Join(dir, "drone-gated-prune"), sleeperBin: filepath.Join(dir, "sleeper"), t: &table{}}
-	for out, pkg := range map[string]string{e.pluginBin: ".", e.sleeperBin: "./e2e/testdata/sleeper"} {
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w -X main.version=bench", "-o", out, pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("building %s: %v\n%s", pkg, err, b)
-		}
+	if err := fixtures.BuildStatic(map[string]string{e.pluginBin: ".", e.sleeperBin: "./e2e/testdata/sleeper"}, "bench"); err != nil {
+		return err
 	}
-	leave, err := ensureSwarm(ctx, api)
+	leave, err := fixtures.EnsureSwarm(ctx, api)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -12,7 +13,6 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/swarm"
-	"github.com/docker/docker/client"
 	"github.com/sirupsen/logrus"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
@@ -35,18 +35,6 @@ func baseEnv(extra ...string) []string {
 		env = append(env, "DOCKER_HOST="+h)
 	}
 	return append(env, extra...)
-}
-
-func ensureSwarm(ctx context.Context, api *client.Client) (bool, error) {
-	info, err := api.Info(ctx)
-	if err != nil {
-		return false, err
-	}
-	if info.Swarm.LocalNodeState == swarm.LocalNodeStateActive {
-		return false, nil
-	}
-	_, err = api.SwarmInit(ctx, swarm.InitRequest{ListenAddr: "127.0.0.1:2377", AdvertiseAddr: "127.0.0.1"})
-	return err == nil, err
 }
 
 // inProcess runs the plugin's own Run in this process on an engine whose requests are counted.
@@ -113,15 +101,7 @@ func (e *env) noop(ctx context.Context, cfg config) error {
 }
 
 func (e *env) ensureSleeper(ctx context.Context) error {
-	if _, err := e.api.ImageInspect(ctx, sleeperImage); err == nil {
-		return nil
-	}
-	bin, err := os.ReadFile(e.sleeperBin)
-	if err != nil {
-		return err
-	}
-	_, err = fixtures.Load(ctx, e.api, fixtures.Image{Tag: sleeperImage, Created: time.Now(), Files: map[string][]byte{"sleeper": bin}})
-	return err
+	return fixtures.LoadSleeper(ctx, e.api, sleeperImage, e.sleeperBin)
 }
 
 // removeFixtures removes every fixture container and service.
@@ -213,11 +193,9 @@ func (e *env) gateCost(ctx context.Context, cfg config) error {
 			if err != nil {
 				return err
 			}
-			runs, converge := gates.LiveRuns(snap.Workload, policy), gates.Unconverged(snap.Workload)
+			_, _ = gates.LiveRuns(snap.Workload, policy), gates.Unconverged(snap.Workload)
 			ds = append(ds, time.Since(start))
 			reqs = append(reqs, ct.n.Load())
-			_ = runs
-			_ = converge
 		}
 		eng.Close()
 		note := fmt.Sprintf("requests per evaluation: %d (first, with version negotiation: %d)", reqs[len(reqs)-1], reqs[0])
@@ -310,7 +288,7 @@ func (e *env) fullPrune(ctx context.Context, cfg config) error {
 
 func summarizeRemoved(data []byte) string {
 	var rep plugin.Report
-	if err := jsonUnmarshal(data, &rep); err != nil {
+	if err := json.Unmarshal(data, &rep); err != nil {
 		return "?"
 	}
 	var parts []string

@@ -52,7 +52,7 @@ type imageSpec struct {
 // config's "created" is spec.created, which is what the image prune's `until` compares here.
 func loadImage(t testing.TB, spec imageSpec) string {
 	t.Helper()
-	ids, err := fixtures.Load(ctx(), api, fixtures.Image{Tag: spec.tag, Created: spec.created, Labels: withFixtureLabel(spec.labels), Files: spec.files})
+	ids, err := fixtures.Load(ctx(), api, fixtures.Image{Tag: spec.tag, Created: spec.created, Labels: spec.labels, Files: spec.files})
 	must(t, err)
 	if spec.tag != sleeperImage {
 		t.Cleanup(func() { _, _ = api.ImageRemove(ctx(), ids[0], image.RemoveOptions{Force: true, PruneChildren: true}) })
@@ -84,12 +84,7 @@ func retagToDangling(t testing.TB, created time.Time) (dangling, tagged string) 
 // ensureSleeperImage loads the tagged image holding the sleeper binary.
 func ensureSleeperImage(t testing.TB) {
 	t.Helper()
-	if _, err := api.ImageInspect(ctx(), sleeperImage); err == nil {
-		return
-	}
-	bin, err := os.ReadFile(sleeperBin)
-	must(t, err)
-	loadImage(t, imageSpec{tag: sleeperImage, created: time.Now(), files: map[string][]byte{"sleeper": bin}})
+	must(t, fixtures.LoadSleeper(ctx(), api, sleeperImage, sleeperBin))
 }
 
 // containerSpec describes a test container.

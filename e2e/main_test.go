@@ -8,14 +8,13 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/docker/docker/api/types/image"
-	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/client"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
 )
 
 func TestMain(m *testing.M) {
@@ -46,15 +45,11 @@ func setup(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	pluginBin = filepath.Join(dir, "drone-gated-prune")
 	sleeperBin = filepath.Join(dir, "sleeper")
-	for out, pkg := range map[string]string{pluginBin: "..", sleeperBin: "./testdata/sleeper"} {
-		cmd := exec.Command("go", "build", "-ldflags", "-X main.version=e2e", "-o", out, pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "e2e: building %s: %v\n%s", pkg, err, b)
-			return 1
-		}
+	if err := fixtures.BuildStatic(map[string]string{pluginBin: "..", sleeperBin: "./testdata/sleeper"}, "e2e"); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
 	}
-	leave, err := ensureSwarm()
+	leave, err := fixtures.EnsureSwarm(context.Background(), api)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: swarm init failed:", err)
 		return 1
@@ -65,18 +60,4 @@ func setup(m *testing.M) int {
 		_ = api.SwarmLeave(context.Background(), true)
 	}
 	return code
-}
-
-// ensureSwarm makes this engine a single-node swarm manager if it is not in a swarm, and says
-// whether the tests should leave it again.
-func ensureSwarm() (bool, error) {
-	info, err := api.Info(context.Background())
-	if err != nil {
-		return false, err
-	}
-	if info.Swarm.LocalNodeState == swarm.LocalNodeStateActive {
-		return false, nil
-	}
-	_, err = api.SwarmInit(context.Background(), swarm.InitRequest{ListenAddr: "127.0.0.1:2377", AdvertiseAddr: "127.0.0.1"})
-	return err == nil, err
 }
