@@ -1,22 +1,15 @@
 // Command drone-gated-prune is a Drone CI plugin (and a plain CLI) that prunes the conservative
 // tier of a Docker host — stopped containers, dangling images, unused build cache — only under disk
 // pressure, with no CI run live and nothing converging. This file only wires flags and the
-// environment to plugin.Config and maps the outcome to an exit code.
+// environment to the plugin and returns its exit code.
 package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strconv"
-	"syscall"
-	"time"
 
-	"github.com/joho/godotenv"
-	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
@@ -30,24 +23,8 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	fail := func(err error) int {
-		fmt.Fprintln(stderr, "drone-gated-prune:", err)
-		var coder interface{ ExitCode() int }
-		if errors.As(err, &coder) {
-			return coder.ExitCode()
-		}
-		return plugin.ExitInvalid
-	}
-	if path := plugin.EnvFilePath(args, os.Getenv); path != "" {
-		if err := godotenv.Load(path); err != nil {
-			return fail(&plugin.SettingError{Key: "env_file", Value: path, Accepted: "a readable env file (" + err.Error() + ")"})
-		}
-	}
-	if err := plugin.CheckArgs(args[1:]); err != nil {
-		return fail(err)
-	}
-	if err := plugin.CheckEnvironment(os.Environ()); err != nil {
-		return fail(err)
+	if err := plugin.Prepare(args[1:], os.Getenv, os.Environ); err != nil {
+		return plugin.Refuse(stderr, err)
 	}
 	code := plugin.ExitOK
 	app := &cli.App{
@@ -57,16 +34,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Flags:     flags(),
 		Writer:    stdout,
 		ErrWriter: stderr,
-		OnUsageError: func(_ *cli.Context, err error, _ bool) error {
-			return fmt.Errorf("invalid command line: %w (see --help)", err)
-		},
+		// The error is returned as it is: one that carried an exit code would make the flag
+		// library exit the process itself. Refuse makes it a usage error (exit 2).
+		OnUsageError: func(_ *cli.Context, err error, _ bool) error { return err },
 		Action: func(c *cli.Context) error {
-			code = execute(c, stdout, stderr)
+			code = plugin.Main(context.Background(), plugin.Invocation{Raw: given(c), Getenv: os.Getenv,
+				Stdout: stdout, Stderr: stderr, Version: version, Signals: plugin.TerminationSignals()})
 			return nil
 		},
 	}
 	if err := app.Run(args); err != nil {
-		return fail(err)
+		return plugin.Refuse(stderr, err)
 	}
 	return code
 }
@@ -85,7 +63,8 @@ func flags() []cli.Flag {
 	return out
 }
 
-func execute(c *cli.Context, stdout, stderr io.Writer) int {
+// given is the settings set on the command line or in the environment, as raw values.
+func given(c *cli.Context) map[string]string {
 	raw := map[string]string{}
 	for _, s := range plugin.Settings {
 		name := plugin.FlagName(s.Key)
@@ -97,53 +76,5 @@ func execute(c *cli.Context, stdout, stderr io.Writer) int {
 			raw[s.Key] = c.String(name)
 		}
 	}
-	cfg, err := plugin.ParseConfig(raw, time.Now())
-	if err != nil {
-		fmt.Fprintln(stderr, "drone-gated-prune:", err)
-		return plugin.ExitInvalid
-	}
-	cfg.Runs.Own, cfg.CI = plugin.ReadCIEnvironment(os.Getenv)
-
-	log := logrus.New()
-	log.SetOutput(stderr)
-	log.SetLevel(cfg.LogLevel)
-	if cfg.LogFormat == "json" {
-		log.SetFormatter(&logrus.JSONFormatter{})
-	}
-
-	engine, err := plugin.NewEngine(nil)
-	if err != nil {
-		report := plugin.FailedReport(version, cfg, err)
-		if emitErr := plugin.Emit(stdout, cfg, report); emitErr != nil {
-			log.WithError(emitErr).Error("writing the summary")
-		}
-		fmt.Fprintln(stderr, "drone-gated-prune:", err)
-		return report.ExitCode
-	}
-	defer engine.Close()
-
-	ctx, cancel := context.WithCancelCause(context.Background())
-	defer cancel(nil)
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(signals)
-	go func() {
-		if sig, ok := <-signals; ok {
-			cancel(fmt.Errorf("received %s", sig))
-		}
-	}()
-
-	r := &plugin.Run{Config: cfg, Engine: engine, Log: log, Version: version, PollInterval: 5 * time.Second}
-	report, runErr := r.Exec(ctx)
-	if err := plugin.Emit(stdout, cfg, report); err != nil {
-		log.WithError(err).Error("writing the summary")
-		if runErr == nil {
-			runErr = &plugin.RuntimeError{What: "writing the summary", Err: err}
-			report.ExitCode = plugin.ExitRuntime
-		}
-	}
-	if runErr != nil {
-		fmt.Fprintln(stderr, "drone-gated-prune:", runErr)
-	}
-	return report.ExitCode
+	return raw
 }

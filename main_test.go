@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,6 +20,10 @@ func TestBadInput(t *testing.T) {
 	}
 	defer watch.Close()
 	dir := t.TempDir()
+	badEnv := filepath.Join(dir, "bad.env")
+	if err := os.WriteFile(badEnv, []byte("PLUGIN_THRESHOLD=abc\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		env  map[string]string
 		args []string
@@ -75,10 +80,26 @@ func TestBadInput(t *testing.T) {
 		{args: []string{"--volumes=true"}, code: 3, name: "--volumes"},
 		{args: []string{"--force=maybe"}, code: 2, name: "force"},
 		{env: map[string]string{"PLUGIN_ENV_FILE": filepath.Join(dir, "missing.env")}, code: 2, name: "env_file"},
+		// Every form the flag library accepts reaches the env file.
+		{args: []string{"-env-file=" + badEnv}, code: 2, name: "threshold"},
+		{args: []string{"-env-file", badEnv}, code: 2, name: "threshold"},
+		{args: []string{"--env-file=" + badEnv}, code: 2, name: "threshold"},
+		{args: []string{"--env-file", badEnv}, code: 2, name: "threshold"},
+		{args: []string{"-all"}, code: 3, name: "-all"},
+		{args: []string{"-volumes", "--dry-run"}, code: 3, name: "-volumes"},
+		{args: []string{"--dry-run", "stray"}, code: 2, name: `"stray"`},
+		// A pattern cut at a comma inside braces would compile and match nothing.
+		{env: map[string]string{"PLUGIN_STACK_PATTERN": "^[a-z0-9]{1"}, code: 2, name: "stack_pattern"},
+		{env: map[string]string{"PLUGIN_STACK_PATTERN": "4}-[0-9a-f]{6}_ci_"}, code: 2, name: "stack_pattern"},
+		{env: map[string]string{"PLUGIN_STACK_PATTERN": "^ci-,^[a-z]{1,x}"}, code: 2, name: "stack_pattern"},
+		// A filesystem that reports no blocks cannot be measured for pressure.
+		{env: map[string]string{"PLUGIN_DISK_PATH": "/proc", "PLUGIN_MIN_FREE": "1GB"}, code: 2, name: "disk_path"},
 	}
 	for _, c := range cases {
 		label := strings.TrimSpace(strings.Join(c.args, " ") + " " + envString(c.env))
 		t.Run(label, func(t *testing.T) {
+			// An env file's values go into the process environment: take them out again.
+			t.Cleanup(func() { _ = os.Unsetenv("PLUGIN_THRESHOLD") })
 			t.Setenv("DOCKER_HOST", watch.Host())
 			for k, v := range c.env {
 				t.Setenv(k, v)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 	"time"
@@ -55,7 +56,7 @@ func inProcess(ctx context.Context, raw map[string]string) (*plugin.Report, []st
 	log := logrus.New()
 	log.SetLevel(logrus.ErrorLevel)
 	r := &plugin.Run{Config: cfg, Engine: eng, Log: log, Version: "bench", PollInterval: time.Second}
-	rep, err := r.Exec(ctx)
+	rep, err := r.Execute(ctx)
 	return rep, ct.reset(), err
 }
 
@@ -189,7 +190,7 @@ func (e *env) gateCost(ctx context.Context, cfg config) error {
 		for range 10 {
 			ct.reset()
 			start := time.Now()
-			snap, err := eng.Workload(ctx)
+			snap, err := eng.Snapshot(ctx)
 			if err != nil {
 				return err
 			}
@@ -371,4 +372,13 @@ func (e *env) warmth(ctx context.Context, cfg config) error {
 		fmt.Sprintf("%s, %d layers downloaded", secs(warmTime), warmLayers), fmt.Sprintf("%s, %d layers downloaded (after `docker system prune -af`)", secs(againTime), againLayers),
 		fmt.Sprintf("cold pull: %s, %d layers", secs(coldTime), coldLayers))
 	return nil
+}
+
+// goEnv is one value of `go env`, for the image build's environment.
+func goEnv(key string) string {
+	out, err := exec.Command("go", "env", key).Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
 }

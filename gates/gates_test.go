@@ -4,6 +4,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 func fs(usedPct float64) Filesystem {
@@ -65,6 +66,13 @@ func TestNoInodeTable(t *testing.T) {
 	}
 }
 
+var cutoff = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+func cutoffPolicy(p RunPolicy) RunPolicy {
+	p.AbandonedBefore = cutoff
+	return p
+}
+
 var ciRun = RunPolicy{Patterns: []*regexp.Regexp{regexp.MustCompile(`^ci-run-\d+`)}}
 
 func TestLiveRuns(t *testing.T) {
@@ -78,18 +86,34 @@ func TestLiveRuns(t *testing.T) {
 		{"nothing live", Workload{Swarm: SwarmManager, Containers: []Container{{ID: "a", Name: "redis", State: "running"}}}, ciRun, true, ""},
 		{"service name", Workload{Swarm: SwarmManager, Services: []Service{{Name: "ci-run-1_web"}}}, ciRun, false, `swarm service "ci-run-1_web"`},
 		{"stack namespace", Workload{Swarm: SwarmManager, Services: []Service{{Name: "web", Stack: "ci-run-2"}}}, ciRun, false, `swarm stack "ci-run-2"`},
-		{"compose project", Workload{Containers: []Container{{Name: "x_db_1", Labels: map[string]string{ComposeProjectLabel: "ci-run-3"}}}}, ciRun, false, `compose project "ci-run-3"`},
-		{"stack on a container", Workload{Swarm: SwarmWorker, Containers: []Container{{Name: "t.1", Labels: map[string]string{StackNamespaceLabel: "ci-run-4"}}}}, ciRun, false, `swarm stack "ci-run-4"`},
+		{"compose project", Workload{Containers: []Container{{Name: "x_db_1", State: "running", Labels: map[string]string{ComposeProjectLabel: "ci-run-3"}}}}, ciRun, false, `compose project "ci-run-3"`},
+		{"stack on a container", Workload{Swarm: SwarmWorker, Containers: []Container{{Name: "t.1", State: "running", Labels: map[string]string{StackNamespaceLabel: "ci-run-4"}}}}, ciRun, false, `swarm stack "ci-run-4"`},
 		{"container name", Workload{Containers: []Container{{Name: "ci-run-5-app", State: "running"}}}, ciRun, false, `container "ci-run-5-app"`},
-		{"run label key", Workload{Containers: []Container{{Name: "step", Labels: map[string]string{"io.drone": "true"}}}},
+		{"run label key", Workload{Containers: []Container{{Name: "step", State: "running", Labels: map[string]string{"io.drone": "true"}}}},
 			RunPolicy{Labels: []LabelSelector{{Key: "io.drone"}}}, false, "carries run label io.drone"},
-		{"run label value mismatch", Workload{Containers: []Container{{Name: "step", Labels: map[string]string{"io.drone": "false"}}}},
+		{"run label value mismatch", Workload{Containers: []Container{{Name: "step", State: "running", Labels: map[string]string{"io.drone": "false"}}}},
 			RunPolicy{Labels: []LabelSelector{{Key: "io.drone", Value: "true", HasValue: true}}}, true, ""},
-		{"own build ignored", Workload{Containers: []Container{{Name: "step", Labels: map[string]string{"io.drone": "true", DroneRepoLabel: "me/r", DroneBuildLabel: "4"}}}},
-			RunPolicy{Labels: []LabelSelector{{Key: "io.drone"}}, Own: OwnBuild{Repo: "me/r", Number: "4"}}, true, ""},
-		{"other build of same repo counts", Workload{Containers: []Container{{Name: "step", Labels: map[string]string{"io.drone": "true", DroneRepoLabel: "me/r", DroneBuildLabel: "5"}}}},
-			RunPolicy{Labels: []LabelSelector{{Key: "io.drone"}}, Own: OwnBuild{Repo: "me/r", Number: "4"}}, false, "io.drone"},
-		{"self ignored", Workload{Self: "0123456789ab", Containers: []Container{{ID: "0123456789abcdef", Name: "ci-run-9-prune"}}}, ciRun, true, ""},
+		{"own build ignored", Workload{Containers: []Container{{Name: "step", State: "running", Labels: map[string]string{"io.drone": "true", DroneRepoLabel: "me/r", DroneBuildLabel: "4"}}}},
+			RunPolicy{Labels: []LabelSelector{{Key: "io.drone"}}, Own: OwnRun{Labels: map[string]string{DroneRepoLabel: "me/r", DroneBuildLabel: "4"}}}, true, ""},
+		{"other build of same repo counts", Workload{Containers: []Container{{Name: "step", State: "running", Labels: map[string]string{"io.drone": "true", DroneRepoLabel: "me/r", DroneBuildLabel: "5"}}}},
+			RunPolicy{Labels: []LabelSelector{{Key: "io.drone"}}, Own: OwnRun{Labels: map[string]string{DroneRepoLabel: "me/r", DroneBuildLabel: "4"}}}, false, "io.drone"},
+		{"self ignored", Workload{Self: "0123456789ab", Containers: []Container{{ID: "0123456789abcdef", Name: "ci-run-9-prune", State: "running"}}}, ciRun, true, ""},
+		{"paused counts", Workload{Containers: []Container{{Name: "ci-run-6", State: "paused"}}}, ciRun, false, `container "ci-run-6" (paused)`},
+		{"restarting counts", Workload{Containers: []Container{{Name: "ci-run-6", State: "restarting"}}}, ciRun, false, "restarting"},
+		{"created after the cutoff counts", Workload{Containers: []Container{{Name: "a", State: "created", Created: cutoff.Add(time.Second),
+			Labels: map[string]string{ComposeProjectLabel: "ci-run-7"}}}}, cutoffPolicy(ciRun), false, `compose project "ci-run-7"`},
+		{"created in the cutoff's second counts", Workload{Containers: []Container{{Name: "ci-run-7-a", State: "created", Created: cutoff}}}, cutoffPolicy(ciRun), false, "created"},
+		{"created before the cutoff is abandoned", Workload{Containers: []Container{{Name: "ci-run-7-a", State: "created", Created: cutoff.Add(-time.Second)}}}, cutoffPolicy(ciRun), true, ""},
+		{"exited does not count", Workload{Containers: []Container{{Name: "ci-run-8", State: "exited"}}}, ciRun, true, ""},
+		{"dead does not count", Workload{Containers: []Container{{Name: "ci-run-8", State: "dead"}}}, ciRun, true, ""},
+		{"run label on a young created container", Workload{Containers: []Container{{Name: "s", State: "created", Created: cutoff.Add(time.Hour), Labels: map[string]string{"io.drone": "true"}}}},
+			RunPolicy{Labels: []LabelSelector{{Key: "io.drone"}}, AbandonedBefore: cutoff}, false, "io.drone"},
+		{"own workflow by network", Workload{Containers: []Container{{Name: "wp_1", State: "running", Networks: []string{"bridge", "wf1_default"}, Labels: map[string]string{WoodpeckerStepLabel: "u1"}}}},
+			RunPolicy{Labels: []LabelSelector{{Key: WoodpeckerStepLabel}}, Own: OwnRun{Network: "wf1_default"}}, true, ""},
+		{"other workflow counts", Workload{Containers: []Container{{Name: "wp_2", State: "running", Networks: []string{"bridge", "wf2_default"}, Labels: map[string]string{WoodpeckerStepLabel: "u2"}}}},
+			RunPolicy{Labels: []LabelSelector{{Key: WoodpeckerStepLabel}}, Own: OwnRun{Network: "wf1_default"}}, false, "wp_uuid"},
+		{"own labels need every value", Workload{Containers: []Container{{Name: "s", State: "running", Labels: map[string]string{"io.drone": "true", DroneBuildLabel: "4"}}}},
+			RunPolicy{Labels: []LabelSelector{{Key: "io.drone"}}, Own: OwnRun{Labels: map[string]string{DroneRepoLabel: "", DroneBuildLabel: "4"}}}, false, "io.drone"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -2,9 +2,12 @@ package gates
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Labels the engine and its tools put on objects, read by the gates.
@@ -14,6 +17,9 @@ const (
 	SwarmTaskLabel      = "com.docker.swarm.task.id"
 	DroneRepoLabel      = "io.drone.repo.slug"
 	DroneBuildLabel     = "io.drone.build.number"
+	// WoodpeckerStepLabel is the one label Woodpecker's docker backend puts on every step, service
+	// and clone container (its value is the step's UUID).
+	WoodpeckerStepLabel = "wp_uuid"
 )
 
 // SwarmRole is what this engine is in a swarm.
@@ -43,15 +49,36 @@ type Service struct {
 // IsJob reports whether the service runs to completion rather than staying up.
 func (s Service) IsJob() bool { return strings.HasSuffix(s.Mode, "-job") }
 
-// Container is one container that is running, paused or restarting, as the gates need it.
+// Container is one container as the gates need it: the engine adapter gives the ones that are
+// created, running, paused or restarting (the states in which a container can still be part of a
+// run or of a service settling).
 type Container struct {
 	ID     string            `json:"id"`
 	Name   string            `json:"name"`
 	Labels map[string]string `json:"labels,omitempty"`
-	// State is the engine's state word: running, paused, restarting, created, ...
+	// State is the engine's state word: created, running, paused or restarting.
 	State string `json:"state"`
 	// Health is "starting", "healthy", "unhealthy" or "" when the container has no healthcheck.
 	Health string `json:"health,omitempty"`
+	// Created is when the container was created (whole seconds, as the engine lists it).
+	Created time.Time `json:"created"`
+	// Networks are the names of the networks the container is attached to.
+	Networks []string `json:"networks,omitempty"`
+}
+
+// live reports whether a container can be part of a run: running, paused or restarting, or created
+// (about to start) after abandonedBefore. A container created longer ago and never started is
+// abandoned; the container prune removes it as stopped.
+func (c Container) live(abandonedBefore time.Time) bool {
+	switch c.State {
+	case "running", "paused", "restarting":
+		return true
+	case "created":
+		// The engine lists whole seconds and prunes what was created at or before the cutoff: a
+		// container listed in the cutoff's second counts as live (prune less).
+		return !c.Created.Before(abandonedBefore)
+	}
+	return false
 }
 
 // Workload is one snapshot of what runs on the engine.
@@ -59,7 +86,8 @@ type Workload struct {
 	Swarm SwarmRole `json:"swarm"`
 	// Services is filled on a manager only.
 	Services []Service `json:"services,omitempty"`
-	// Containers holds the live containers (running, paused, restarting).
+	// Containers holds the containers in a state that can be live (created, running, paused,
+	// restarting).
 	Containers []Container `json:"containers,omitempty"`
 	// Self is the ID (or its 12-character prefix, as the container's hostname) of the plugin's
 	// own container, when it runs in one; never a live run.
@@ -87,27 +115,55 @@ func (l LabelSelector) Matches(labels map[string]string) bool {
 	return ok && (!l.HasValue || v == l.Value)
 }
 
-// OwnBuild names the CI build the plugin runs in, so that its own step containers are not
-// mistaken for a live run.
-type OwnBuild struct {
-	Repo   string
-	Number string
+// OwnRun names the CI build or workflow the plugin runs in, so that its own step containers are
+// not mistaken for a live run: a container carrying every one of Labels (Drone: repository and
+// build number), or attached to Network (Woodpecker: the workflow's default network), is its own.
+type OwnRun struct {
+	Labels  map[string]string
+	Network string
 }
 
-// Owns reports whether a container belongs to this build, by the labels Drone's runner sets.
-func (b OwnBuild) Owns(labels map[string]string) bool {
-	return b.Repo != "" && b.Number != "" &&
-		labels[DroneRepoLabel] == b.Repo && labels[DroneBuildLabel] == b.Number
+// Owns reports whether a container belongs to the plugin's own build or workflow.
+func (o OwnRun) Owns(c Container) bool {
+	if len(o.Labels) > 0 {
+		all := true
+		for k, v := range o.Labels {
+			all = all && v != "" && c.Labels[k] == v
+		}
+		if all {
+			return true
+		}
+	}
+	return o.Network != "" && slices.Contains(c.Networks, o.Network)
+}
+
+// String names the own run for the summary.
+func (o OwnRun) String() string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(o.Labels)) {
+		parts = append(parts, k+"="+o.Labels[k])
+	}
+	if o.Network != "" {
+		parts = append(parts, "network "+o.Network)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // RunPolicy says what a live CI run looks like on this host.
 type RunPolicy struct {
 	// Patterns match stack, compose project, service and container names.
 	Patterns []*regexp.Regexp
-	// Labels match running containers.
+	// Labels match live containers.
 	Labels []LabelSelector
-	// Own is the plugin's own build, ignored by Labels.
-	Own OwnBuild
+	// Own is the plugin's own build or workflow, ignored by Labels.
+	Own OwnRun
+	// Source says where Labels came from when no setting gave them (a CI's own run label).
+	Source string
+	// Warnings are shown with the verdict (the own run cannot be told apart, a CI's runs unwatched).
+	Warnings []string
+	// AbandonedBefore: a created container created before this never started in time and is no
+	// longer a live run (the prune's cutoff, so the gate and the container prune agree).
+	AbandonedBefore time.Time
 }
 
 func (w Workload) isSelf(c Container) bool {
@@ -117,7 +173,7 @@ func (w Workload) isSelf(c Container) bool {
 // LiveRuns closes the gate when any live run matches the policy. With neither patterns nor labels
 // it stays open and says loudly that it had nothing to look for.
 func LiveRuns(w Workload, p RunPolicy) Verdict {
-	v := Verdict{Gate: NoRunGate}
+	v := Verdict{Gate: NoRunGate, Warnings: slices.Clone(p.Warnings)}
 	if len(p.Patterns) == 0 && len(p.Labels) == 0 {
 		v.Open = true
 		v.Reason = "no stack_pattern or run_labels set: this gate cannot see CI runs and lets every prune through"
@@ -148,7 +204,7 @@ func LiveRuns(w Workload, p RunPolicy) Verdict {
 		}
 	}
 	for _, c := range w.Containers {
-		if w.isSelf(c) {
+		if w.isSelf(c) || !c.live(p.AbandonedBefore) {
 			continue
 		}
 		if stack := c.Labels[StackNamespaceLabel]; stack != "" {
@@ -164,7 +220,7 @@ func LiveRuns(w Workload, p RunPolicy) Verdict {
 		if re := match(c.Name); re != "" {
 			add(fmt.Sprintf("container %q (%s) matches %q", c.Name, c.State, re))
 		}
-		if p.Own.Owns(c.Labels) {
+		if p.Own.Owns(c) {
 			continue
 		}
 		for _, sel := range p.Labels {
@@ -175,7 +231,7 @@ func LiveRuns(w Workload, p RunPolicy) Verdict {
 	}
 	sort.Strings(v.Evidence)
 	if len(v.Evidence) > 0 {
-		v.Reason = fmt.Sprintf("%d live run(s) found", len(v.Evidence))
+		v.Reason = fmt.Sprintf("%d live run(s) found, looking for %s", len(v.Evidence), describePolicy(p))
 		return v
 	}
 	v.Open = true
@@ -191,7 +247,14 @@ func describePolicy(p RunPolicy) string {
 	for _, l := range p.Labels {
 		parts = append(parts, "label "+l.String())
 	}
-	return strings.Join(parts, ", ")
+	s := strings.Join(parts, ", ")
+	if p.Source != "" {
+		s += " (" + p.Source + ")"
+	}
+	if own := p.Own.String(); own != "" {
+		s += "; own run ignored: " + own
+	}
+	return s
 }
 
 // Unconverged closes the gate while anything on the engine is still settling: a swarm service

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -92,11 +94,12 @@ type Snapshot struct {
 	APIVersion string
 }
 
-// Workload asks the daemon for its swarm role (GET /info), the swarm services with their task
-// counts (GET /services?status=true, managers only) and the live containers (GET /containers/json);
-// on a worker also the node's own task containers in any state. The number of calls does not grow
-// with the number of objects.
-func (e *Engine) Workload(ctx context.Context) (Snapshot, error) {
+// Snapshot asks the daemon for its clock and swarm role (GET /info), the swarm services with
+// their task counts (GET /services?status=true, managers only) and the containers that can be live
+// (GET /containers/json: created, running, paused, restarting; on a worker this includes the
+// node's own task containers not yet started). The number of calls does not grow with the number
+// of objects.
+func (e *Engine) Snapshot(ctx context.Context) (Snapshot, error) {
 	var s Snapshot
 	qctx, cancel := e.query(ctx)
 	defer cancel()
@@ -131,19 +134,8 @@ func (e *Engine) Workload(ctx context.Context) (Snapshot, error) {
 			s.Workload.Services = services
 		}
 	}
-	s.Workload.Containers, err = e.liveContainers(ctx, container.ListOptions{})
-	if err != nil {
-		return s, err
-	}
-	if s.Workload.Swarm == gates.SwarmWorker {
-		tasks, err := e.liveContainers(ctx, container.ListOptions{All: true,
-			Filters: filters.NewArgs(filters.Arg("label", gates.SwarmTaskLabel), filters.Arg("status", "created"))})
-		if err != nil {
-			return s, err
-		}
-		s.Workload.Containers = append(s.Workload.Containers, tasks...)
-	}
-	return s, nil
+	s.Workload.Containers, err = e.liveContainers(ctx)
+	return s, err
 }
 
 // swarmRole reads the node's role; false for a swarm it cannot report on (pending, locked, error).
@@ -200,17 +192,27 @@ func serviceMode(m swarm.ServiceMode) string {
 	return "replicated"
 }
 
-// liveContainers lists containers (by default the running, paused and restarting ones).
-func (e *Engine) liveContainers(ctx context.Context, opts container.ListOptions) ([]gates.Container, error) {
+// liveContainers lists the containers in a state that can be live: created, running, paused or
+// restarting (exited and dead ones cannot hold a run).
+func (e *Engine) liveContainers(ctx context.Context) ([]gates.Container, error) {
 	ctx, cancel := e.query(ctx)
 	defer cancel()
-	list, err := e.api.ContainerList(ctx, opts)
+	f := filters.NewArgs()
+	for _, state := range []string{"created", "running", "paused", "restarting"} {
+		f.Add("status", state)
+	}
+	list, err := e.api.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
 	if err != nil {
 		return nil, e.failed("listing containers for the no-run and no-converge gates (GET /containers/json)", err)
 	}
 	out := make([]gates.Container, 0, len(list))
 	for _, c := range list {
-		out = append(out, gates.Container{ID: c.ID, Name: containerName(c.Names), Labels: c.Labels, State: c.State, Health: health(c.Status)})
+		gc := gates.Container{ID: c.ID, Name: containerName(c.Names), Labels: c.Labels, State: c.State,
+			Health: health(c.Status), Created: time.Unix(c.Created, 0)}
+		if c.NetworkSettings != nil {
+			gc.Networks = slices.Sorted(maps.Keys(c.NetworkSettings.Networks))
+		}
+		out = append(out, gc)
 	}
 	return out, nil
 }
@@ -256,20 +258,31 @@ func pruneFilters(cutoff time.Time, labels []gates.LabelSelector) filters.Args {
 }
 
 // StoppedContainers lists what the container prune removes: created, exited and dead containers
-// created before cutoff and carrying labels, with each writable layer's size (which makes the
-// daemon walk every layer; dry runs only).
+// created at or before cutoff and carrying labels, with each writable layer's size (which makes the
+// daemon walk every layer; dry runs only). The list gives whole seconds; a container listed in the
+// cutoff's own second is inspected for its exact time, as the engine compares that.
 func (e *Engine) StoppedContainers(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector) ([]Object, error) {
-	ctx, cancel := e.query(ctx)
+	qctx, cancel := e.query(ctx)
 	defer cancel()
 	f := withLabels(filters.NewArgs(filters.Arg("status", "created"), filters.Arg("status", "exited"), filters.Arg("status", "dead")), labels)
-	list, err := e.api.ContainerList(ctx, container.ListOptions{All: true, Size: true, Filters: f})
+	list, err := e.api.ContainerList(qctx, container.ListOptions{All: true, Size: true, Filters: f})
 	if err != nil {
 		return nil, e.failed("listing stopped containers (GET /containers/json)", err)
 	}
 	var out []Object
 	for _, c := range list {
-		if c.Created < cutoff.Unix() {
-			out = append(out, Object{ID: c.ID, Name: containerName(c.Names), Size: c.SizeRw, Created: time.Unix(c.Created, 0)})
+		o := Object{ID: c.ID, Name: containerName(c.Names), Size: c.SizeRw, Created: time.Unix(c.Created, 0)}
+		if c.Created == cutoff.Unix() {
+			inspect, err := e.api.ContainerInspect(qctx, c.ID)
+			if err != nil {
+				return nil, e.failed("reading a container's exact creation time (GET /containers/{id}/json)", err)
+			}
+			if o.Created, err = time.Parse(time.RFC3339Nano, inspect.Created); err != nil {
+				return nil, &RuntimeError{What: "reading container " + c.ID + "'s creation time", Err: err}
+			}
+		}
+		if !o.Created.After(cutoff) {
+			out = append(out, o)
 		}
 	}
 	return out, nil
@@ -293,23 +306,51 @@ func (e *Engine) ImagesInUse(ctx context.Context, skip map[string]bool) (map[str
 	return used, nil
 }
 
-// DanglingImages lists what the image prune considers: untagged top-level images created before
-// cutoff and carrying labels. In-use images are among them; the engine skips those.
+// DanglingImages lists the heads the image prune considers: untagged images without children,
+// created at or before cutoff and carrying labels. In-use images are among them; the engine skips
+// those. An image listed in the cutoff's own second is inspected for its exact time, as the engine
+// compares that.
 func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector) ([]Object, error) {
-	ctx, cancel := e.query(ctx)
+	qctx, cancel := e.query(ctx)
 	defer cancel()
 	f := withLabels(filters.NewArgs(filters.Arg("dangling", "true")), labels)
-	list, err := e.api.ImageList(ctx, image.ListOptions{Filters: f})
+	list, err := e.api.ImageList(qctx, image.ListOptions{Filters: f})
 	if err != nil {
 		return nil, e.failed("listing dangling images (GET /images/json)", err)
 	}
 	var out []Object
 	for _, im := range list {
-		if im.Created < cutoff.Unix() {
-			out = append(out, Object{ID: im.ID, Size: im.Size, Created: time.Unix(im.Created, 0)})
+		if im.Created <= 0 {
+			continue // no creation time: the engine never prunes such an image when until is set
+		}
+		o := Object{ID: im.ID, Size: im.Size, Created: time.Unix(im.Created, 0)}
+		if im.Created == cutoff.Unix() {
+			inspect, err := e.api.ImageInspect(qctx, im.ID)
+			if err != nil {
+				return nil, e.failed("reading an image's exact creation time (GET /images/{id}/json)", err)
+			}
+			if o.Created, err = time.Parse(time.RFC3339Nano, inspect.Created); err != nil {
+				return nil, &RuntimeError{What: "reading image " + im.ID + "'s creation time", Err: err}
+			}
+		}
+		if !o.Created.After(cutoff) {
+			out = append(out, o)
 		}
 	}
 	return out, nil
+}
+
+// Images lists every image, intermediate ones included (GET /images/json?all=1): the image prune
+// also deletes the untagged parents it leaves childless, and its answer mixes their IDs with
+// layer IDs.
+func (e *Engine) Images(ctx context.Context) ([]image.Summary, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	list, err := e.api.ImageList(ctx, image.ListOptions{All: true})
+	if err != nil {
+		return nil, e.failed("listing images (GET /images/json?all=1)", err)
+	}
+	return list, nil
 }
 
 // UnusedBuildCache lists what the build-cache prune removes without --all: records not in use,

@@ -1,6 +1,9 @@
 package plugin
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // Exit codes, as SPEC's table gives them.
 const (
@@ -57,3 +60,26 @@ func (e *RuntimeError) Unwrap() error { return e.Err }
 
 // ExitCode is 1.
 func (e *RuntimeError) ExitCode() int { return ExitRuntime }
+
+// UsageError is a command line that cannot be read (an unknown flag, a stray argument): exit 2,
+// nothing contacted.
+type UsageError struct{ Problem string }
+
+func (e *UsageError) Error() string { return "invalid command line: " + e.Problem + " (see --help)" }
+
+// ExitCode is 2.
+func (e *UsageError) ExitCode() int { return ExitInvalid }
+
+// ExitCode maps an outcome to the process's exit code, the one place that does: no error is 0, an
+// error that carries its code (settings 2, policy 3, runtime 1) gives it, and any other error is a
+// runtime error.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var coder interface{ ExitCode() int }
+	if errors.As(err, &coder) {
+		return coder.ExitCode()
+	}
+	return ExitRuntime
+}

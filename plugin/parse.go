@@ -9,6 +9,7 @@ import (
 	"time"
 
 	units "github.com/docker/go-units"
+	"github.com/sirupsen/logrus"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
 )
@@ -127,20 +128,82 @@ func ParseUntil(s string, now time.Time) (Until, error) {
 	return u, nil
 }
 
-// SplitList splits a Drone list (comma-joined) into trimmed items; an empty item is an error.
+// SplitList splits a list setting into trimmed items. Drone joins a YAML list with commas, and a
+// regular expression has commas of its own ({1,4}, [,;], (a,b)), so the list is split only at
+// commas outside braces, brackets and parentheses and not escaped with a backslash. An empty item
+// is an error.
 func SplitList(s string) ([]string, error) {
 	var out []string
-	for _, item := range strings.Split(s, ",") {
-		item = strings.TrimSpace(item)
-		if item == "" {
+	start, depth := 0, 0
+	outsideClasses(s, func(i int) int {
+		switch s[i] {
+		case '{', '(':
+			depth++
+		case '}', ')':
+			depth = max(depth-1, 0)
+		case ',':
+			if depth == 0 {
+				out = append(out, s[start:i])
+				start = i + 1
+			}
+		}
+		return 0
+	})
+	out = append(out, s[start:])
+	for i, item := range out {
+		out[i] = strings.TrimSpace(item)
+		if out[i] == "" {
 			return nil, fmt.Errorf("a comma-separated list with no empty items")
 		}
-		out = append(out, item)
 	}
 	return out, nil
 }
 
-// ParsePatterns reads a list of regular expressions.
+// outsideClasses calls visit with the index of each byte of s that is neither escaped by a
+// backslash nor inside a character class ([...], where "[]a]", "[^]a]" and "[[:alpha:]]" keep
+// their inner brackets); visit returns how many further bytes to skip.
+func outsideClasses(s string, visit func(i int) int) {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			i++
+		case '[':
+			i = classEnd(s, i)
+		default:
+			i += visit(i)
+		}
+	}
+}
+
+// classEnd is the index of the ']' that closes the character class opened at open (len(s) when
+// none does: regexp itself refuses that).
+func classEnd(s string, open int) int {
+	i := open + 1
+	if i < len(s) && s[i] == '^' {
+		i++
+	}
+	if i < len(s) && s[i] == ']' {
+		i++
+	}
+	for ; i < len(s); i++ {
+		switch {
+		case s[i] == '\\':
+			i++
+		case s[i] == '[' && strings.HasPrefix(s[i:], "[:"):
+			if end := strings.Index(s[i+2:], ":]"); end >= 0 {
+				i += end + 3
+			}
+		case s[i] == ']':
+			return i
+		}
+	}
+	return len(s)
+}
+
+// ParsePatterns reads a list of regular expressions. Go's regexp reads a brace that does not form
+// a repetition as a literal, so a pattern cut at a comma ("^[a-z]{1") would compile and match
+// nothing; such an item is refused: every brace, bracket and parenthesis outside a character
+// class must be balanced and every brace must form a repetition like {2}, {1,4} or {2,}.
 func ParsePatterns(s string) ([]*regexp.Regexp, error) {
 	items, err := SplitList(s)
 	if err != nil {
@@ -149,12 +212,41 @@ func ParsePatterns(s string) ([]*regexp.Regexp, error) {
 	var out []*regexp.Regexp
 	for _, item := range items {
 		re, err := regexp.Compile(item)
+		if err == nil {
+			err = checkBrackets(item)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("a comma-separated list of regular expressions (%q: %v)", item, err)
+			return nil, fmt.Errorf("a comma-separated list of well-formed regular expressions (%q: %v)", item, err)
 		}
 		out = append(out, re)
 	}
 	return out, nil
+}
+
+var repetition = regexp.MustCompile(`^\{[0-9]+(,[0-9]*)?\}`)
+
+// checkBrackets finds a brace or bracket outside a character class that regexp would read as a
+// literal: a '{' that starts no repetition, a stray '}' or ']'. (regexp refuses unbalanced
+// parentheses itself.)
+func checkBrackets(p string) error {
+	var err error
+	outsideClasses(p, func(i int) int {
+		if err != nil {
+			return 0
+		}
+		switch c := p[i]; c {
+		case '{':
+			m := repetition.FindString(p[i:])
+			if m == "" {
+				err = fmt.Errorf("unbalanced or stray '{' at offset %d (write \\{ for a literal brace)", i)
+			}
+			return max(len(m)-1, 0)
+		case '}', ']':
+			err = fmt.Errorf("stray '%c' at offset %d (write \\%c for a literal one)", c, i, c)
+		}
+		return 0
+	})
+	return err
 }
 
 var labelKeyPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
@@ -175,6 +267,24 @@ func ParseLabelSelectors(s string) ([]gates.LabelSelector, error) {
 		out = append(out, gates.LabelSelector{Key: key, Value: value, HasValue: hasValue})
 	}
 	return out, nil
+}
+
+// ParseLogLevel reads a logrus level.
+func ParseLogLevel(s string) (logrus.Level, error) {
+	l, err := logrus.ParseLevel(strings.TrimSpace(s))
+	if err != nil {
+		return 0, fmt.Errorf("one of panic, fatal, error, warn, info, debug, trace")
+	}
+	return l, nil
+}
+
+// ParseLogFormat reads the log format: text or json.
+func ParseLogFormat(s string) (string, error) {
+	f := strings.TrimSpace(s)
+	if f != "text" && f != "json" {
+		return "", fmt.Errorf("text or json")
+	}
+	return f, nil
 }
 
 // ParseBool reads true/false in the forms Drone and people write them.

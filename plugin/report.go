@@ -87,13 +87,6 @@ type PhaseReport struct {
 	Layers   int      `json:"layers,omitempty"`
 }
 
-// FailedReport is the report of a run that could not start (no engine client could be made):
-// the summary is still written.
-func FailedReport(version string, cfg Config, err error) *Report {
-	return &Report{Version: version, Decision: DecisionError, Error: err.Error(), ExitCode: ExitRuntime, StartedAt: time.Now().UTC(),
-		DryRun: cfg.DryRun, Forced: cfg.Disk.Force, Until: cfg.Until.Raw, FailAbove: cfg.FailAbove}
-}
-
 // Gate finds a verdict by gate name.
 func (r *Report) Gate(name string) (gates.Verdict, bool) {
 	for _, v := range r.Gates {

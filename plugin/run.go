@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
 )
@@ -24,29 +22,22 @@ type Run struct {
 	PollInterval time.Duration
 }
 
-// Measure reads the filesystem holding path (statfs).
-func Measure(path, why string) (gates.Filesystem, error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(path, &st); err != nil {
-		return gates.Filesystem{}, &RuntimeError{What: "measuring the filesystem of " + path, Err: err}
-	}
-	bs := uint64(st.Bsize)
-	return gates.Filesystem{
-		Path: path, Why: why,
-		TotalBytes: st.Blocks * bs, FreeBytes: st.Bavail * bs, UsedBytes: (st.Blocks - st.Bfree) * bs,
-		TotalInodes: st.Files, FreeInodes: st.Ffree,
-	}, nil
-}
-
-// Exec runs the policy and always returns a report; the error, when not nil, carries the exit code.
-func (r *Run) Exec(ctx context.Context) (*Report, error) {
+// Execute runs the policy and always returns a report; the error, when not nil, carries the exit
+// code (ExitCode).
+func (r *Run) Execute(ctx context.Context) (*Report, error) {
 	start := time.Now()
 	rep := &Report{Version: r.Version, DryRun: r.Config.DryRun, Forced: r.Config.Disk.Force,
 		Until: r.Config.Until.Raw, FailAbove: r.Config.FailAbove, StartedAt: start.UTC(), Daemon: r.Engine.Host()}
 	ctx, cancel := context.WithTimeoutCause(ctx, r.Config.Timeout, fmt.Errorf("timeout %s reached", r.Config.Timeout))
 	defer cancel()
-	err := r.exec(ctx, rep)
-	// Every ending measures again and checks the ceiling, unless the first reading failed.
+	err := r.finish(rep, r.gateAndPrune(ctx, rep))
+	rep.DurationSeconds = time.Since(start).Seconds()
+	return rep, err
+}
+
+// finish is every ending: measure again and check the ceiling (unless the first reading failed),
+// then record the outcome and its exit code.
+func (r *Run) finish(rep *Report, err error) error {
 	if rep.DiskBefore != nil {
 		if after, merr := Measure(rep.DiskBefore.Path, rep.DiskBefore.Why); merr == nil {
 			rep.DiskAfter = &after
@@ -59,35 +50,26 @@ func (r *Run) Exec(ctx context.Context) (*Report, error) {
 		err = &PolicyError{Reason: fmt.Sprintf("%s is still %.1f%% used, at or above fail_above %g%%",
 			rep.DiskAfter.Path, rep.DiskAfter.UsedPercent(), r.Config.FailAbove)}
 	}
-	rep.ExitCode = ExitOK
+	rep.ExitCode = ExitCode(err)
 	if err != nil {
 		rep.Error = err.Error()
-		rep.ExitCode = ExitRuntime
-		var coder interface{ ExitCode() int }
-		if errors.As(err, &coder) {
-			rep.ExitCode = coder.ExitCode()
-		}
-		if rep.ExitCode == ExitRuntime {
-			rep.Decision = DecisionError
-			for i := range rep.Phases {
-				if rep.Phases[i].Status == "" {
-					rep.Phases[i].Status, rep.Phases[i].Reason = StatusNotRun, "the run stopped before this phase"
-				}
-			}
-		}
 	}
-	rep.DurationSeconds = time.Since(start).Seconds()
-	return rep, err
+	if rep.ExitCode == ExitRuntime {
+		rep.Decision = DecisionError
+		markNotRun(rep.Phases, "the run stopped before this phase")
+	}
+	return err
 }
 
 // stopped turns a cancelled context into the error that says why the run stopped.
 func stopped(ctx context.Context, what string) error {
-	cause := context.Cause(ctx)
-	return &RuntimeError{What: "stopped " + what, Err: cause}
+	return &RuntimeError{What: "stopped " + what, Err: context.Cause(ctx)}
 }
 
-func (r *Run) exec(ctx context.Context, rep *Report) error {
-	// Disk-pressure gate: the daily common case ends here with at most one daemon call.
+// gateAndPrune is the run's order: the disk-pressure gate, then the no-run and no-converge gates
+// (waiting while Config.Wait lasts), then the prune phases.
+func (r *Run) gateAndPrune(ctx context.Context, rep *Report) error {
+	// The daily common case ends at the disk gate with at most one daemon call.
 	fs, err := r.measureDisk(ctx)
 	if err != nil {
 		return err
@@ -100,7 +82,6 @@ func (r *Run) exec(ctx context.Context, rep *Report) error {
 		rep.Decision = DecisionKeptCache
 		return nil
 	}
-
 	snap, closed, err := r.waitForGates(ctx, rep)
 	if err != nil {
 		return err
@@ -110,89 +91,83 @@ func (r *Run) exec(ctx context.Context, rep *Report) error {
 		rep.Decision = "skipped: " + strings.Join(closed, ", ")
 		return nil
 	}
-	cutoff := r.Config.Until.Cutoff(snap.DaemonTime)
-	rep.Cutoff = &cutoff
-	// The daemon's clock, read again from the local one, for the build-cache phase's age.
-	clockOffset := snap.DaemonTime.Sub(snap.LocalTime)
+	rep.Decision, err = r.pruneInOrder(ctx, rep, snap)
+	return err
+}
 
-	rep.Phases = []PhaseReport{{Phase: PhaseContainers}, {Phase: PhaseImages}, {Phase: PhaseBuildCache}}
-	var removedContainers map[string]bool
+// pruneInOrder runs the phases in order, re-checking the no-run and no-converge gates before each
+// one after the first, and returns the decision. A phase another pruner holds (409) is skipped;
+// any other failure stops the run.
+func (r *Run) pruneInOrder(ctx context.Context, rep *Report, snap Snapshot) (string, error) {
+	p := &pruning{cutoff: r.Config.Until.Cutoff(snap.DaemonTime), clockOffset: snap.DaemonTime.Sub(snap.LocalTime)}
+	rep.Cutoff = &p.cutoff
+	rep.Phases = newPhases()
 	for i := range rep.Phases {
 		ph := &rep.Phases[i]
-		ph.Clock = phaseClocks[ph.Phase]
 		if i > 0 {
-			// Re-check immediately before each later phase: a run may have started meanwhile.
-			if closed, err := r.recheck(ctx, rep); err != nil {
-				return err
-			} else if len(closed) > 0 {
-				for j := i; j < len(rep.Phases); j++ {
-					rep.Phases[j].Status = StatusNotRun
-					rep.Phases[j].Reason = "gate " + strings.Join(closed, ", ") + " closed before this phase"
-					rep.Phases[j].Clock = phaseClocks[rep.Phases[j].Phase]
-				}
-				rep.Decision = fmt.Sprintf("stopped: %s closed before %s", strings.Join(closed, ", "), ph.Phase)
-				return nil
+			// A run may have started since the last look.
+			closed, err := r.recheck(ctx, rep)
+			if err != nil {
+				return "", err
+			}
+			if len(closed) > 0 {
+				markNotRun(rep.Phases[i:], "gate "+strings.Join(closed, ", ")+" closed before this phase")
+				return fmt.Sprintf("stopped: %s closed before %s", strings.Join(closed, ", "), ph.Phase), nil
 			}
 		}
-		if err := ctx.Err(); err != nil {
-			return stopped(ctx, "before the "+ph.Phase+" phase")
+		if ctx.Err() != nil {
+			return "", stopped(ctx, "before the "+ph.Phase+" phase")
 		}
-		var err error
-		switch ph.Phase {
-		case PhaseContainers:
-			removedContainers, err = r.containers(ctx, cutoff, ph)
-		case PhaseImages:
-			err = r.images(ctx, cutoff, removedContainers, ph)
-		case PhaseBuildCache:
-			err = r.buildCache(ctx, cutoff, time.Now().Add(clockOffset), ph)
-		}
-		if errors.Is(err, ErrPruneRunning) {
+		err := r.prunePhase(ctx, p, ph)
+		switch {
+		case errors.Is(err, ErrPruneRunning):
 			ph.Status, ph.Reason = StatusSkipped, err.Error()
 			r.Log.WithField("phase", ph.Phase).Warn(ph.Reason)
 			continue
-		}
-		if err != nil {
-			ph.Status = StatusFailed
-			if ctx.Err() != nil {
-				ph.Status = StatusInterrupted
-				ph.Reason = "the run was stopped while the engine was pruning and its answer did not come within the grace period; it may have removed some objects"
-				return stopped(ctx, "during the "+ph.Phase+" phase")
-			}
-			ph.Reason = err.Error()
-			return err
+		case err != nil && ctx.Err() != nil:
+			ph.Status = StatusInterrupted
+			ph.Reason = "the run was stopped while the engine was pruning and its answer did not come within the grace period; it may have removed some objects"
+			return "", stopped(ctx, "during the "+ph.Phase+" phase")
+		case err != nil:
+			ph.Status, ph.Reason = StatusFailed, err.Error()
+			return "", err
 		}
 		r.Log.WithFields(logrus.Fields{"phase": ph.Phase, "status": ph.Status, "objects": ph.Count, "bytes": ph.Bytes}).Info("phase done")
 		if ctx.Err() != nil {
 			// Stopped while this phase's prune ran: it is reported in full, the rest does not run.
-			return stopped(ctx, "after the "+ph.Phase+" phase")
+			return "", stopped(ctx, "after the "+ph.Phase+" phase")
 		}
 	}
-	rep.Decision = DecisionPruned
 	if r.Config.DryRun {
-		rep.Decision = DecisionDryRun
+		return DecisionDryRun, nil
 	}
-	return nil
+	return DecisionPruned, nil
 }
 
-// measureDisk picks the path (the setting, else the daemon's data root when visible here, else /)
-// and measures it.
-func (r *Run) measureDisk(ctx context.Context) (gates.Filesystem, error) {
-	if r.Config.DiskPath != "" {
-		return Measure(r.Config.DiskPath, "disk_path setting")
+// newPhases is the phases in the order they run, none run yet.
+func newPhases() []PhaseReport {
+	var out []PhaseReport
+	for _, name := range []string{PhaseContainers, PhaseImages, PhaseBuildCache} {
+		out = append(out, PhaseReport{Phase: name, Clock: phaseClocks[name]})
 	}
-	root, err := r.Engine.DataRoot(ctx)
-	if err != nil {
-		return gates.Filesystem{}, err
-	}
-	if st, err := os.Stat(root); err == nil && st.IsDir() {
-		return Measure(root, "the daemon's data root, visible here")
-	}
-	return Measure("/", fmt.Sprintf("the daemon's data root %s is not visible here, so / is measured: in a container on overlay storage that is the filesystem holding the container's writable layer, normally the data root's", root))
+	return out
 }
 
-// verdicts evaluates the no-run and no-converge gates on one snapshot.
+// markNotRun gives every phase that has no status yet the status "not run" and the reason.
+func markNotRun(phases []PhaseReport, reason string) {
+	for i := range phases {
+		if phases[i].Status == "" {
+			phases[i].Status, phases[i].Reason = StatusNotRun, reason
+		}
+	}
+}
+
+// verdicts evaluates the no-run and no-converge gates on one snapshot. A created container counts
+// as a live run until it is as old as the prune's cutoff, on the daemon's clock.
 func (r *Run) verdicts(snap Snapshot) (runs, converge gates.Verdict) {
-	return gates.LiveRuns(snap.Workload, r.Config.Runs), gates.Unconverged(snap.Workload)
+	policy := r.Config.Runs
+	policy.AbandonedBefore = r.Config.Until.Cutoff(snap.DaemonTime)
+	return gates.LiveRuns(snap.Workload, policy), gates.Unconverged(snap.Workload)
 }
 
 // waitForGates evaluates the no-run and no-converge gates, re-checking closed ones every
@@ -200,7 +175,7 @@ func (r *Run) verdicts(snap Snapshot) (runs, converge gates.Verdict) {
 func (r *Run) waitForGates(ctx context.Context, rep *Report) (Snapshot, []string, error) {
 	deadline := time.Now().Add(r.Config.Wait)
 	for {
-		snap, err := r.Engine.Workload(ctx)
+		snap, err := r.Engine.Snapshot(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return snap, nil, stopped(ctx, "while evaluating the gates")
@@ -228,7 +203,7 @@ func (r *Run) waitForGates(ctx context.Context, rep *Report) (Snapshot, []string
 
 // recheck evaluates both gates again before a phase and records the verdicts when one closed.
 func (r *Run) recheck(ctx context.Context, rep *Report) ([]string, error) {
-	snap, err := r.Engine.Workload(ctx)
+	snap, err := r.Engine.Snapshot(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, stopped(ctx, "while re-checking the gates")
@@ -271,115 +246,5 @@ func (r *Run) logVerdict(v gates.Verdict) {
 	entry.Info(v.Reason)
 	for _, w := range v.Warnings {
 		r.Log.WithField("gate", v.Gate).Warn(w)
-	}
-}
-
-// containers runs (or lists) the stopped-container phase and returns the IDs it removes.
-func (r *Run) containers(ctx context.Context, cutoff time.Time, ph *PhaseReport) (map[string]bool, error) {
-	removed := map[string]bool{}
-	if r.Config.DryRun {
-		objs, err := r.Engine.StoppedContainers(ctx, cutoff, r.Config.Labels)
-		if err != nil {
-			return nil, err
-		}
-		for _, o := range objs {
-			removed[o.ID] = true
-		}
-		setObjects(ph, StatusWouldRemove, objs)
-		return removed, nil
-	}
-	ids, bytes, err := r.Engine.PruneContainers(ctx, cutoff, r.Config.Labels)
-	if err != nil {
-		return removed, err
-	}
-	objs := make([]Object, 0, len(ids))
-	for _, id := range ids {
-		removed[id] = true
-		objs = append(objs, Object{ID: id})
-	}
-	setObjects(ph, StatusRemoved, objs)
-	ph.Bytes = bytes
-	return removed, nil
-}
-
-// images runs (or lists) the dangling-image phase. A dry run leaves out images that a container
-// surviving the container phase still uses, as the engine would.
-func (r *Run) images(ctx context.Context, cutoff time.Time, removedContainers map[string]bool, ph *PhaseReport) error {
-	candidates, err := r.Engine.DanglingImages(ctx, cutoff, r.Config.Labels)
-	if err != nil {
-		return err
-	}
-	if r.Config.DryRun {
-		inUse, err := r.Engine.ImagesInUse(ctx, removedContainers)
-		if err != nil {
-			return err
-		}
-		var objs []Object
-		for _, o := range candidates {
-			if !inUse[o.ID] {
-				objs = append(objs, o)
-			}
-		}
-		setObjects(ph, StatusWouldRemove, objs)
-		return nil
-	}
-	byID := map[string]Object{}
-	for _, o := range candidates {
-		byID[o.ID] = o
-	}
-	deleted, untagged, bytes, err := r.Engine.PruneDanglingImages(ctx, cutoff, r.Config.Labels)
-	if err != nil {
-		return err
-	}
-	var objs []Object
-	for _, id := range deleted {
-		if o, ok := byID[id]; ok {
-			objs = append(objs, o)
-		} else {
-			ph.Layers++
-		}
-	}
-	setObjects(ph, StatusRemoved, objs)
-	ph.Untagged, ph.Bytes = untagged, bytes
-	return nil
-}
-
-// buildCache runs (or lists) the unused build-cache phase; with labels set it is skipped, since
-// the engine ignores labels there and would prune outside them.
-func (r *Run) buildCache(ctx context.Context, cutoff, daemonNow time.Time, ph *PhaseReport) error {
-	if len(r.Config.Labels) > 0 {
-		ph.Status = StatusSkipped
-		ph.Reason = "labels is set and the engine ignores labels when pruning build cache, so this phase would reach beyond them"
-		return nil
-	}
-	if r.Config.DryRun {
-		objs, err := r.Engine.UnusedBuildCache(ctx, cutoff)
-		if err != nil {
-			return err
-		}
-		setObjects(ph, StatusWouldRemove, objs)
-		return nil
-	}
-	ids, bytes, err := r.Engine.PruneBuildCache(ctx, cutoff, daemonNow)
-	if err != nil {
-		return err
-	}
-	objs := make([]Object, 0, len(ids))
-	for _, id := range ids {
-		objs = append(objs, Object{ID: id})
-	}
-	setObjects(ph, StatusRemoved, objs)
-	ph.Bytes = bytes
-	return nil
-}
-
-func setObjects(ph *PhaseReport, status string, objs []Object) {
-	ph.Status, ph.Objects, ph.Count = status, objs, len(objs)
-	if status == StatusWouldRemove {
-		for _, o := range objs {
-			if o.Size > 0 {
-				ph.Bytes += uint64(o.Size)
-			}
-		}
 	}
 }

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -15,36 +16,67 @@ import (
 )
 
 // Setting describes one setting: its snake_case key (PLUGIN_<KEY> in the environment,
-// --key-with-dashes on the command line), its default and what it means. Settings is the one place
-// that knows the names: the flags, the unknown-key check and the docs' table are made from it.
+// --key-with-dashes on the command line), its default, what it means and how its value is read
+// into a Config. Settings is the one place that knows the names: the flags, the unknown-key check,
+// the parsing and the docs' tables are made from it or checked against it.
 type Setting struct {
 	Key     string
 	Default string
 	Usage   string
 	// Bool settings are flags that need no value on the command line.
 	Bool bool
+	// set parses a value into c; its error says what is accepted.
+	set func(c *Config, v string, now time.Time) error
 }
 
 // Settings lists every setting in the order of SPEC's table.
 var Settings = []Setting{
-	{Key: "threshold", Default: "80", Usage: "disk-pressure gate opens at or above this percent used (80 or 80%)"},
-	{Key: "min_free", Usage: "gate also opens when free space is below this size (20GiB, 500MB)"},
-	{Key: "min_free_inodes", Usage: "gate also opens when free inodes are below this count or percent"},
-	{Key: "disk_path", Usage: "path whose filesystem is measured (default: Docker's data root if visible, else /)"},
-	{Key: "until", Default: "24h", Usage: "age filter for every prune: a positive duration, a Unix timestamp or an RFC 3339 time"},
-	{Key: "stack_pattern", Usage: "regular expressions (comma-separated) naming CI run stacks, compose projects, services or containers"},
-	{Key: "run_labels", Usage: "label selectors (key or key=value, comma-separated); a running container carrying one is a live run"},
-	{Key: "labels", Usage: "prune only containers and images carrying these labels (key or key=value, comma-separated)"},
-	{Key: "wait", Default: "0", Usage: "keep re-checking closed no-run / no-converge gates for up to this long"},
-	{Key: "dry_run", Default: "false", Usage: "list what each phase would remove, remove nothing", Bool: true},
-	{Key: "force", Default: "false", Usage: "bypass the disk-pressure gate only", Bool: true},
-	{Key: "fail_above", Default: "90", Usage: "fail the step (exit 3) if the filesystem is still at or above this percent at the end"},
-	{Key: "timeout", Default: "10m", Usage: "bound on the whole run"},
-	{Key: "log_level", Default: "info", Usage: "logrus level: panic, fatal, error, warn, info, debug, trace"},
-	{Key: "log_format", Default: "text", Usage: "text or json"},
-	{Key: "summary_file", Usage: "also write the summary as JSON to this path"},
-	{Key: "metrics_file", Usage: "also write Prometheus text-format metrics to this path"},
-	{Key: "env_file", Usage: "load settings from this env file first (values already in the environment win)"},
+	{Key: "threshold", Default: "80", Usage: "disk-pressure gate opens at or above this percent used (80 or 80%)",
+		set: func(c *Config, v string, _ time.Time) (err error) {
+			c.Disk.ThresholdPercent, err = ParsePercent(v)
+			return
+		}},
+	{Key: "min_free", Usage: "gate also opens when free space is below this size (20GiB, 500MB)",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.Disk.MinFreeBytes, err = ParseSize(v); return }},
+	{Key: "min_free_inodes", Usage: "gate also opens when free inodes are below this count or percent",
+		set: func(c *Config, v string, _ time.Time) (err error) {
+			c.Disk.MinFreeInodes, err = ParseInodeFloor(v)
+			return
+		}},
+	{Key: "disk_path", Usage: "path whose filesystem is measured (default: Docker's data root if visible, else /)",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.DiskPath, err = ParseDiskPath(v); return }},
+	{Key: "until", Default: "24h", Usage: "age filter for every prune: a positive duration, a Unix timestamp or an RFC 3339 time",
+		set: func(c *Config, v string, now time.Time) (err error) { c.Until, err = ParseUntil(v, now); return }},
+	{Key: "stack_pattern", Usage: "regular expressions (comma-separated) naming CI run stacks, compose projects, services or containers",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.Runs.Patterns, err = ParsePatterns(v); return }},
+	{Key: "run_labels", Usage: "label selectors (key or key=value, comma-separated); a live container carrying one is a live run (default inside Drone or Woodpecker: that CI's run label)",
+		set: func(c *Config, v string, _ time.Time) (err error) {
+			c.Runs.Labels, err = ParseLabelSelectors(v)
+			return
+		}},
+	{Key: "labels", Usage: "prune only containers and images carrying these labels (key or key=value, comma-separated)",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.Labels, err = ParseLabelSelectors(v); return }},
+	{Key: "wait", Default: "0", Usage: "keep re-checking closed no-run / no-converge gates for up to this long",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.Wait, err = ParseDuration(v, true); return }},
+	{Key: "dry_run", Default: "false", Usage: "list what each phase would remove, remove nothing", Bool: true,
+		set: func(c *Config, v string, _ time.Time) (err error) { c.DryRun, err = ParseBool(v); return }},
+	{Key: "force", Default: "false", Usage: "bypass the disk-pressure gate only", Bool: true,
+		set: func(c *Config, v string, _ time.Time) (err error) { c.Disk.Force, err = ParseBool(v); return }},
+	{Key: "fail_above", Default: "90", Usage: "fail the step (exit 3) if the filesystem is still at or above this percent at the end",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.FailAbove, err = ParsePercent(v); return }},
+	{Key: "timeout", Default: "10m", Usage: "bound on the whole run",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.Timeout, err = ParseDuration(v, false); return }},
+	{Key: "log_level", Default: "info", Usage: "logrus level: panic, fatal, error, warn, info, debug, trace",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.LogLevel, err = ParseLogLevel(v); return }},
+	{Key: "log_format", Default: "text", Usage: "text or json",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.LogFormat, err = ParseLogFormat(v); return }},
+	{Key: "summary_file", Usage: "also write the summary as JSON to this path",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.SummaryFile, err = ParseOutputPath(v); return }},
+	{Key: "metrics_file", Usage: "also write Prometheus text-format metrics to this path",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.MetricsFile, err = ParseOutputPath(v); return }},
+	// The env file is loaded before the settings are read (LoadEnvFile); here it only has to be given.
+	{Key: "env_file", Usage: "load settings from this env file first (values already in the environment win)",
+		set: func(*Config, string, time.Time) error { return nil }},
 }
 
 // scopeKeys are requests to widen what is pruned. No setting does that, so they are refused as a
@@ -63,6 +95,16 @@ func EnvName(key string) string { return "PLUGIN_" + strings.ToUpper(key) }
 
 // FlagName is the command-line flag that carries a setting.
 func FlagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
+
+// settingByKey finds a setting by its snake_case key.
+func settingByKey(key string) (Setting, bool) {
+	for _, s := range Settings {
+		if s.Key == key {
+			return s, true
+		}
+	}
+	return Setting{}, false
+}
 
 // Config is the validated policy for one run.
 type Config struct {
@@ -94,94 +136,25 @@ type Config struct {
 	CI CIEnvironment
 }
 
-// CIEnvironment is what the CI system tells the step, read from DRONE_* / CI_* variables.
-type CIEnvironment struct {
-	// CardPath is DRONE_CARD_PATH: /dev/stdout gets an encoded card, any other path plain JSON.
-	CardPath string
-	// OutputFile is DRONE_OUTPUT (Harness CI): KEY=value lines.
-	OutputFile string
-}
-
-// ReadCIEnvironment reads the plugin's own build and output targets from the environment.
-func ReadCIEnvironment(getenv func(string) string) (gates.OwnBuild, CIEnvironment) {
-	own := gates.OwnBuild{Repo: getenv("DRONE_REPO"), Number: getenv("DRONE_BUILD_NUMBER")}
-	if own.Repo == "" || own.Number == "" {
-		own = gates.OwnBuild{Repo: getenv("CI_REPO"), Number: getenv("CI_PIPELINE_NUMBER")}
-	}
-	return own, CIEnvironment{CardPath: getenv("DRONE_CARD_PATH"), OutputFile: getenv("DRONE_OUTPUT")}
-}
-
 // ParseConfig validates raw setting values (key → value; absent keys take their defaults) into a
-// Config. The first invalid value is returned as a *SettingError; nothing is contacted.
+// Config, reading each through its Setting's parser. The first invalid value is returned as a
+// *SettingError; nothing is contacted.
 func ParseConfig(raw map[string]string, now time.Time) (Config, error) {
-	value := func(key string) (string, bool) {
-		v, ok := raw[key]
-		if !ok {
-			for _, s := range Settings {
-				if s.Key == key && s.Default != "" {
-					return s.Default, false
-				}
-			}
-		}
-		return v, ok
-	}
 	var c Config
-	var firstErr error
-	// field runs a parser on one setting and records the first failure with the setting's name.
-	field := func(key string, parse func(string) error) {
-		v, given := value(key)
-		if firstErr != nil || (v == "" && !given) {
-			return
+	for _, s := range Settings {
+		v, given := raw[s.Key]
+		if !given {
+			v = s.Default
+		}
+		if v == "" && !given {
+			continue
 		}
 		if strings.TrimSpace(v) == "" {
-			firstErr = &SettingError{Key: key, Value: v, Accepted: "a value (an empty value usually means a missing secret); remove the setting to use its default"}
-			return
+			return Config{}, &SettingError{Key: s.Key, Value: v, Accepted: "a value (an empty value usually means a missing secret); remove the setting to use its default"}
 		}
-		if err := parse(v); err != nil {
-			firstErr = &SettingError{Key: key, Value: v, Accepted: err.Error()}
+		if err := s.set(&c, v, now); err != nil {
+			return Config{}, &SettingError{Key: s.Key, Value: v, Accepted: err.Error()}
 		}
-	}
-	field("threshold", func(v string) (err error) { c.Disk.ThresholdPercent, err = ParsePercent(v); return })
-	field("min_free", func(v string) (err error) { c.Disk.MinFreeBytes, err = ParseSize(v); return })
-	field("min_free_inodes", func(v string) (err error) { c.Disk.MinFreeInodes, err = ParseInodeFloor(v); return })
-	field("disk_path", func(v string) error {
-		if !filepath.IsAbs(v) {
-			return fmt.Errorf("an absolute path to an existing directory")
-		}
-		if st, err := os.Stat(v); err != nil || !st.IsDir() {
-			return fmt.Errorf("an absolute path to an existing directory (%s)", statProblem(err))
-		}
-		c.DiskPath = v
-		return nil
-	})
-	field("until", func(v string) (err error) { c.Until, err = ParseUntil(v, now); return })
-	field("stack_pattern", func(v string) (err error) { c.Runs.Patterns, err = ParsePatterns(v); return })
-	field("run_labels", func(v string) (err error) { c.Runs.Labels, err = ParseLabelSelectors(v); return })
-	field("labels", func(v string) (err error) { c.Labels, err = ParseLabelSelectors(v); return })
-	field("wait", func(v string) (err error) { c.Wait, err = ParseDuration(v, true); return })
-	field("dry_run", func(v string) (err error) { c.DryRun, err = ParseBool(v); return })
-	field("force", func(v string) (err error) { c.Disk.Force, err = ParseBool(v); return })
-	field("fail_above", func(v string) (err error) { c.FailAbove, err = ParsePercent(v); return })
-	field("timeout", func(v string) (err error) { c.Timeout, err = ParseDuration(v, false); return })
-	field("log_level", func(v string) (err error) {
-		c.LogLevel, err = logrus.ParseLevel(strings.TrimSpace(v))
-		if err != nil {
-			return fmt.Errorf("one of panic, fatal, error, warn, info, debug, trace")
-		}
-		return nil
-	})
-	field("log_format", func(v string) error {
-		c.LogFormat = strings.TrimSpace(v)
-		if c.LogFormat != "text" && c.LogFormat != "json" {
-			return fmt.Errorf("text or json")
-		}
-		return nil
-	})
-	field("summary_file", func(v string) (err error) { c.SummaryFile, err = outputPath(v); return })
-	field("metrics_file", func(v string) (err error) { c.MetricsFile, err = outputPath(v); return })
-	field("env_file", func(string) error { return nil })
-	if firstErr != nil {
-		return Config{}, firstErr
 	}
 	// Conflicts between settings that are each valid alone.
 	switch {
@@ -194,18 +167,32 @@ func ParseConfig(raw map[string]string, now time.Time) (Config, error) {
 	return c, nil
 }
 
-func statProblem(err error) string {
-	if err == nil {
-		return "not a directory"
+// ParseDirectory accepts an absolute path to an existing directory.
+func ParseDirectory(v string) (string, error) {
+	if !filepath.IsAbs(v) {
+		return "", fmt.Errorf("an absolute path to an existing directory")
 	}
-	if os.IsNotExist(err) {
-		return "it does not exist"
+	if st, err := os.Stat(v); err != nil || !st.IsDir() {
+		return "", fmt.Errorf("an absolute path to an existing directory (%s)", statProblem(err))
 	}
-	return err.Error()
+	return v, nil
 }
 
-// outputPath accepts a file path whose directory exists.
-func outputPath(v string) (string, error) {
+// ParseDiskPath accepts an absolute path to an existing directory on a filesystem that reports its
+// size, so that a wrong path is refused before anything is contacted.
+func ParseDiskPath(v string) (string, error) {
+	if _, err := ParseDirectory(v); err != nil {
+		return "", err
+	}
+	var se *SettingError
+	if _, err := Measure(v, ""); errors.As(err, &se) {
+		return "", errors.New(se.Accepted)
+	}
+	return v, nil
+}
+
+// ParseOutputPath accepts a file path whose directory exists.
+func ParseOutputPath(v string) (string, error) {
 	dir := filepath.Dir(v)
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return "", fmt.Errorf("a file path in an existing directory (%s: %s)", dir, statProblem(err))
@@ -216,14 +203,21 @@ func outputPath(v string) (string, error) {
 	return v, nil
 }
 
-// CheckEnvironment looks at every PLUGIN_* variable before anything else runs: a scope-widening
-// key is a policy violation, an unknown key is an error that suggests the closest setting, and a
-// known key's value is validated so that a bad value is reported in this project's words.
-func CheckEnvironment(environ []string) error {
-	known := map[string]Setting{}
-	for _, s := range Settings {
-		known[EnvName(s.Key)] = s
+func statProblem(err error) string {
+	if err == nil {
+		return "not a directory"
 	}
+	if os.IsNotExist(err) {
+		return "it does not exist"
+	}
+	return err.Error()
+}
+
+// CheckEnvironment looks at every PLUGIN_* variable before anything else runs: a scope-widening
+// key is a policy violation, an unknown key is an error that suggests the closest setting, and
+// every value is validated by the same parsers as the command line's, so that the flag library
+// never reads a value its own way (an empty boolean as false, say).
+func CheckEnvironment(environ []string) error {
 	var names []string
 	values := map[string]string{}
 	for _, kv := range environ {
@@ -234,38 +228,29 @@ func CheckEnvironment(environ []string) error {
 		}
 	}
 	sort.Strings(names)
-	for _, name := range names {
-		key := strings.ToLower(strings.TrimPrefix(name, "PLUGIN_"))
-		if what, ok := scopeKeys[strings.ReplaceAll(key, "-", "_")]; ok {
-			return &PolicyError{Reason: fmt.Sprintf("setting %s=%q asks to prune %s: this plugin never prunes tagged images, volumes or networks, and no setting changes that", key, values[name], what)}
-		}
-	}
 	raw := map[string]string{}
 	for _, name := range names {
-		s, ok := known[name]
-		if !ok {
-			key := strings.ToLower(strings.TrimPrefix(name, "PLUGIN_"))
+		key := strings.ToLower(strings.TrimPrefix(name, "PLUGIN_"))
+		if err := scopeRequest("setting "+key+"="+fmt.Sprintf("%q", values[name]), key); err != nil {
+			return err
+		}
+	}
+	for _, name := range names {
+		key := strings.ToLower(strings.TrimPrefix(name, "PLUGIN_"))
+		if _, ok := settingByKey(key); !ok || EnvName(key) != name {
 			return &SettingError{Key: key, Value: values[name], Unknown: true, Suggest: closestSetting(key)}
 		}
-		raw[s.Key] = values[name]
+		raw[key] = values[name]
 	}
-	// The flag library would read an empty or odd boolean its own way (empty as false); every
-	// value is judged here first, by the same parsers as the command line's.
 	_, err := ParseConfig(raw, time.Now())
 	return err
 }
 
-// CheckArgs refuses command-line flags that ask to widen the scope (--all, --volumes, ...) as a
-// policy violation, like their PLUGIN_* forms.
-func CheckArgs(args []string) error {
-	for _, a := range args {
-		if !strings.HasPrefix(a, "-") {
-			continue
-		}
-		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if what, ok := scopeKeys[strings.ReplaceAll(name, "-", "_")]; ok {
-			return &PolicyError{Reason: fmt.Sprintf("flag %s asks to prune %s: this plugin never prunes tagged images, volumes or networks, and no setting changes that", a, what)}
-		}
+// scopeRequest is the policy violation for a key (a setting or a flag name) that asks to widen
+// the scope, or nil.
+func scopeRequest(what, key string) error {
+	if scope, ok := scopeKeys[strings.ReplaceAll(key, "-", "_")]; ok {
+		return &PolicyError{Reason: fmt.Sprintf("%s asks to prune %s: this plugin never prunes tagged images, volumes or networks, and no setting changes that", what, scope)}
 	}
 	return nil
 }
@@ -282,20 +267,4 @@ func closestSetting(key string) string {
 		return ""
 	}
 	return best
-}
-
-// EnvFilePath finds the env file named by --env-file on the command line or PLUGIN_ENV_FILE,
-// which must be loaded before the flags are read.
-func EnvFilePath(args []string, getenv func(string) string) string {
-	for i, a := range args {
-		switch {
-		case a == "--env-file" || a == "-env-file":
-			if i+1 < len(args) {
-				return args[i+1]
-			}
-		case strings.HasPrefix(a, "--env-file="):
-			return strings.TrimPrefix(a, "--env-file=")
-		}
-	}
-	return getenv(EnvName("env_file"))
 }

@@ -133,29 +133,88 @@ func TestCheckEnvironment(t *testing.T) {
 	}
 }
 
-func TestEnvFilePath(t *testing.T) {
+// Every form the flag library accepts names the env file and the scope flags the same way.
+func TestScanArgsForms(t *testing.T) {
 	get := func(string) string { return "/from/env" }
-	if p := EnvFilePath([]string{"x", "--env-file", "/a"}, get); p != "/a" {
-		t.Errorf("got %q", p)
+	cases := []struct {
+		args    []string
+		envFile string
+		policy  bool
+	}{
+		{[]string{"--env-file", "/a"}, "/a", false},
+		{[]string{"--env-file=/b"}, "/b", false},
+		{[]string{"-env-file=/c"}, "/c", false},
+		{[]string{"-env-file", "/d"}, "/d", false},
+		{[]string{"--dry-run", "--env-file", "/e", "--threshold=5"}, "/e", false},
+		{[]string{"--threshold", "--env-file"}, "/from/env", false}, // "--env-file" is threshold's value
+		{[]string{"--env-file=/f", "--env-file=/g"}, "/g", false},   // the last one wins, as in the flag library
+		{[]string{}, "/from/env", false},
+		{[]string{"--all"}, "/from/env", true},
+		{[]string{"-all"}, "/from/env", true},
+		{[]string{"--all=true"}, "/from/env", true},
+		{[]string{"-volumes=1"}, "/from/env", true},
+		{[]string{"--prune-all"}, "/from/env", true},
+		{[]string{"--dry-run", "--networks"}, "/from/env", true},
+		{[]string{"--threshold", "80", "--filter", "dangling=false"}, "/from/env", true},
+		{[]string{"--threshold", "--all"}, "/from/env", false}, // "--all" is threshold's value, refused later as a percent
+		{[]string{"--", "--all"}, "/from/env", true},           // after "--" it is an argument, still refused
+		{[]string{"stray", "--all"}, "/from/env", true},
 	}
-	if p := EnvFilePath([]string{"x", "--env-file=/b"}, get); p != "/b" {
-		t.Errorf("got %q", p)
+	for _, c := range cases {
+		if got := EnvFilePath(c.args, get); got != c.envFile {
+			t.Errorf("%q: env file %q, want %q", c.args, got, c.envFile)
+		}
+		err := CheckArgs(c.args)
+		var pe *PolicyError
+		if errors.As(err, &pe) != c.policy {
+			t.Errorf("%q: CheckArgs = %v, want policy violation %v", c.args, err, c.policy)
+		}
 	}
-	if p := EnvFilePath([]string{"x"}, get); p != "/from/env" {
-		t.Errorf("got %q", p)
+	if err := CheckArgs([]string{"--threshold", "80", "extra"}); ExitCode(err) != ExitInvalid || !strings.Contains(err.Error(), `"extra"`) {
+		t.Errorf("a stray argument must be a usage error naming it: %v", err)
 	}
 }
 
 func TestReadCIEnvironment(t *testing.T) {
-	env := map[string]string{"CI_REPO": "wp/repo", "CI_PIPELINE_NUMBER": "12"}
-	own, ci := ReadCIEnvironment(func(k string) string { return env[k] })
-	if own.Repo != "wp/repo" || own.Number != "12" || ci.CardPath != "" {
-		t.Errorf("woodpecker: %+v %+v", own, ci)
+	// Woodpecker 1.x also sets DRONE_BUILD_NUMBER; it must be recognised as Woodpecker.
+	env := map[string]string{"CI": "woodpecker", "CI_REPO": "wp/repo", "CI_PIPELINE_NUMBER": "12", "DRONE_BUILD_NUMBER": "12", "CI_STEP_NAME": "wp_01hx_7_step_2"}
+	ci := ReadCIEnvironment(func(k string) string { return env[k] })
+	if ci.System != CIWoodpecker || ci.RunLabel != "wp_uuid" || ci.Own.Network != "wp_01hx_7_default" || ci.CardPath != "" {
+		t.Errorf("woodpecker: %+v", ci)
 	}
-	env = map[string]string{"DRONE_REPO": "d/r", "DRONE_BUILD_NUMBER": "3", "CI_REPO": "d/r", "CI_PIPELINE_NUMBER": "x", "DRONE_CARD_PATH": "/dev/stdout"}
-	own, ci = ReadCIEnvironment(func(k string) string { return env[k] })
-	if own.Number != "3" || ci.CardPath != "/dev/stdout" {
-		t.Errorf("drone: %+v %+v", own, ci)
+	env["CI_STEP_NAME"] = "prune"
+	if ci := ReadCIEnvironment(func(k string) string { return env[k] }); ci.Own.Network != "" || ci.Warning == "" {
+		t.Errorf("woodpecker without a workflow prefix must warn: %+v", ci)
+	}
+	env = map[string]string{"DRONE": "true", "DRONE_REPO": "d/r", "DRONE_BUILD_NUMBER": "3", "CI_REPO": "d/r", "DRONE_CARD_PATH": "/dev/stdout"}
+	ci = ReadCIEnvironment(func(k string) string { return env[k] })
+	if ci.System != CIDrone || ci.RunLabel != "io.drone.build.number" || ci.Own.Labels["io.drone.build.number"] != "3" ||
+		ci.Own.Labels["io.drone.repo.slug"] != "d/r" || ci.CardPath != "/dev/stdout" {
+		t.Errorf("drone: %+v", ci)
+	}
+	if ci := ReadCIEnvironment(func(string) string { return "" }); ci.System != "" || ci.RunLabel != "" {
+		t.Errorf("outside any CI: %+v", ci)
+	}
+}
+
+// Inside a CI with no run policy, the CI's own run label is the default; a policy that is given
+// stays as given, with a warning when it leaves the CI's own runs unwatched.
+func TestApplyCI(t *testing.T) {
+	drone := ReadCIEnvironment(func(k string) string { return map[string]string{"DRONE": "true", "DRONE_BUILD_NUMBER": "3"}[k] })
+	c, _ := ParseConfig(map[string]string{}, now)
+	c.ApplyCI(drone)
+	if len(c.Runs.Labels) != 1 || c.Runs.Labels[0].Key != "io.drone.build.number" || !strings.Contains(c.Runs.Source, "Drone") {
+		t.Errorf("default inside Drone: %+v", c.Runs)
+	}
+	c, _ = ParseConfig(map[string]string{"stack_pattern": "^ci-"}, now)
+	c.ApplyCI(drone)
+	if len(c.Runs.Labels) != 0 || c.Runs.Source != "" || len(c.Runs.Warnings) != 1 {
+		t.Errorf("a given stack_pattern must stay alone and warn: %+v", c.Runs)
+	}
+	c, _ = ParseConfig(map[string]string{}, now)
+	c.ApplyCI(ReadCIEnvironment(func(string) string { return "" }))
+	if len(c.Runs.Labels) != 0 || len(c.Runs.Patterns) != 0 {
+		t.Errorf("outside any CI the policy stays empty (the gate says it is blind): %+v", c.Runs)
 	}
 }
 

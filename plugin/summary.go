@@ -3,14 +3,15 @@ package plugin
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 
 	units "github.com/docker/go-units"
+	"github.com/moby/sys/atomicwriter"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
 )
@@ -117,29 +118,7 @@ func WriteJSONFile(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(path, append(data, '\n'))
-}
-
-// writeAtomic replaces path with data through a temporary file and a rename, so that a reader
-// (node_exporter's textfile collector) never sees half a file.
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o644); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return atomicwriter.WriteFile(path, append(data, '\n'), 0o644)
 }
 
 // Card is what Drone's UI binds into the template named by Schema.
@@ -245,51 +224,8 @@ func WriteOutputs(path string, r *Report) error {
 	return f.Close()
 }
 
-// Metrics renders the report in Prometheus text format for node_exporter's textfile collector.
-func Metrics(r *Report) string {
-	var b strings.Builder
-	metric := func(name, help, typ string, samples ...string) {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
-		for _, s := range samples {
-			fmt.Fprintf(&b, "%s%s\n", name, s)
-		}
-	}
-	metric("drone_gated_prune_last_run_timestamp_seconds", "Unix time the last run started.", "gauge",
-		fmt.Sprintf(" %d", r.StartedAt.Unix()))
-	metric("drone_gated_prune_last_run_duration_seconds", "How long the last run took.", "gauge",
-		fmt.Sprintf(" %g", r.DurationSeconds))
-	metric("drone_gated_prune_last_run_exit_code", "Exit code of the last run.", "gauge", fmt.Sprintf(" %d", r.ExitCode))
-	metric("drone_gated_prune_decision", "1 for the decision the last run took.", "gauge",
-		fmt.Sprintf("{decision=%q,dry_run=\"%t\"} 1", r.Decision, r.DryRun))
-	var gateSamples []string
-	for _, v := range r.Gates {
-		open := 0
-		if v.Open {
-			open = 1
-		}
-		gateSamples = append(gateSamples, fmt.Sprintf("{gate=%q} %d", v.Gate, open))
-	}
-	metric("drone_gated_prune_gate_open", "1 when the gate was open at the end of the last run, 0 when closed.", "gauge", gateSamples...)
-	var objects, bytes []string
-	for _, p := range r.Phases {
-		objects = append(objects, fmt.Sprintf("{phase=%q,status=%q} %d", p.Phase, p.Status, p.Count))
-		bytes = append(bytes, fmt.Sprintf("{phase=%q,status=%q} %d", p.Phase, p.Status, p.Bytes))
-	}
-	metric("drone_gated_prune_objects_removed", "Objects the last run removed (or would remove, in a dry run) per phase.", "gauge", objects...)
-	metric("drone_gated_prune_bytes_reclaimed", "Bytes the last run reclaimed per phase, as the engine reported.", "gauge", bytes...)
-	var disk []string
-	if r.DiskBefore != nil {
-		disk = append(disk, fmt.Sprintf("{when=\"before\",path=%q} %g", r.DiskBefore.Path, r.DiskBefore.UsedPercent()))
-	}
-	if r.DiskAfter != nil {
-		disk = append(disk, fmt.Sprintf("{when=\"after\",path=%q} %g", r.DiskAfter.Path, r.DiskAfter.UsedPercent()))
-	}
-	metric("drone_gated_prune_disk_used_percent", "Percent used of the measured filesystem.", "gauge", disk...)
-	return b.String()
-}
-
 // Emit writes every summary the configuration asks for: text on stdout always, then the card,
-// the outputs, the JSON summary and the metrics. It returns the first write error.
+// the outputs, the JSON summary and the metrics. It returns every write error, joined.
 func Emit(stdout io.Writer, cfg Config, r *Report) error {
 	var errs []error
 	errs = append(errs, WriteText(stdout, r))
@@ -303,12 +239,17 @@ func Emit(stdout io.Writer, cfg Config, r *Report) error {
 		errs = append(errs, WriteJSONFile(cfg.SummaryFile, r))
 	}
 	if cfg.MetricsFile != "" {
-		errs = append(errs, writeAtomic(cfg.MetricsFile, []byte(Metrics(r))))
+		errs = append(errs, writeMetrics(cfg.MetricsFile, r))
 	}
-	for _, err := range errs {
-		if err != nil {
-			return err
-		}
+	return errors.Join(errs...)
+}
+
+// writeMetrics replaces the metrics file atomically (written, synced, renamed), so that a reader
+// never sees half a file.
+func writeMetrics(path string, r *Report) error {
+	text, err := Metrics(r)
+	if err != nil {
+		return err
 	}
-	return nil
+	return atomicwriter.WriteFile(path, []byte(text), 0o644)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -112,16 +113,11 @@ func TestOutputs(t *testing.T) {
 
 func TestMetricsParse(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "prune.prom")
-	if err := writeAtomic(path, []byte(Metrics(sampleReport()))); err != nil {
+	if err := writeMetrics(path, sampleReport()); err != nil {
 		t.Fatal(err)
 	}
-	f, _ := os.Open(path)
-	defer f.Close()
-	parser := expfmt.NewTextParser(model.LegacyValidation)
-	families, err := parser.TextToMetricFamilies(f)
-	if err != nil {
-		t.Fatalf("not Prometheus text format: %v\n%s", err, Metrics(sampleReport()))
-	}
+	text, _ := Metrics(sampleReport())
+	families := parseMetrics(t, path)
 	get := func(name string, labels map[string]string) float64 {
 		fam, ok := families[name]
 		if !ok {
@@ -145,10 +141,48 @@ func TestMetricsParse(t *testing.T) {
 		get("drone_gated_prune_bytes_reclaimed", map[string]string{"phase": "images"}) != 40 ||
 		get("drone_gated_prune_disk_used_percent", map[string]string{"when": "after"}) != 70 ||
 		get("drone_gated_prune_decision", map[string]string{"decision": "pruned"}) != 1 {
-		t.Errorf("metric values wrong:\n%s", Metrics(sampleReport()))
+		t.Errorf("metric values wrong:\n%s", text)
 	}
-	if matches, _ := filepath.Glob(filepath.Join(filepath.Dir(path), ".prune.prom.*")); len(matches) != 0 {
-		t.Errorf("temporary files left behind: %v", matches)
+	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 1 {
+		t.Errorf("temporary files left behind: %v", entries)
+	}
+}
+
+func parseMetrics(t *testing.T, path string) map[string]*dto.MetricFamily {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := parser.TextToMetricFamilies(f)
+	if err != nil {
+		data, _ := os.ReadFile(path)
+		t.Fatalf("not Prometheus text format: %v\n%s", err, data)
+	}
+	return families
+}
+
+// A measured path may hold any byte: quotes, backslashes, tabs, newlines, invalid UTF-8. The file
+// still parses, and the path label reads back (invalid bytes replaced).
+func TestMetricsAnyPath(t *testing.T) {
+	r := sampleReport()
+	odd := "/mnt/a \"quoted\"\\dir\twith\ttabs\nand\xffbytes"
+	r.DiskBefore.Path, r.DiskAfter.Path = odd, odd
+	r.Decision = "skipped: no_run\n\"x\""
+	path := filepath.Join(t.TempDir(), "odd.prom")
+	if err := writeMetrics(path, r); err != nil {
+		t.Fatal(err)
+	}
+	fam := parseMetrics(t, path)["drone_gated_prune_disk_used_percent"]
+	if fam == nil || len(fam.Metric) != 2 {
+		t.Fatalf("disk metric missing: %v", fam)
+	}
+	for _, lp := range fam.Metric[0].Label {
+		if lp.GetName() == "path" && lp.GetValue() != strings.ToValidUTF8(odd, "\uFFFD") {
+			t.Errorf("path label %q, want %q", lp.GetValue(), odd)
+		}
 	}
 }
 

@@ -1,0 +1,188 @@
+package plugin
+
+import (
+	"context"
+	"sort"
+	"time"
+
+	"github.com/docker/docker/api/types/image"
+)
+
+// pruning is what the phases of one run share: the cutoff on the daemon's clock, how far the
+// daemon's clock is from this host's, and the containers the container phase removed (their
+// images are free for the image phase).
+type pruning struct {
+	cutoff            time.Time
+	clockOffset       time.Duration
+	removedContainers map[string]bool
+}
+
+// prunePhase carries out (or, in a dry run, lists) one phase.
+func (r *Run) prunePhase(ctx context.Context, p *pruning, ph *PhaseReport) error {
+	switch ph.Phase {
+	case PhaseContainers:
+		return r.pruneContainers(ctx, p, ph)
+	case PhaseImages:
+		return r.pruneImages(ctx, p, ph)
+	default:
+		return r.pruneBuildCache(ctx, p, ph)
+	}
+}
+
+// pruneContainers removes (or lists) stopped containers created at or before the cutoff.
+func (r *Run) pruneContainers(ctx context.Context, p *pruning, ph *PhaseReport) error {
+	p.removedContainers = map[string]bool{}
+	if r.Config.DryRun {
+		objs, err := r.Engine.StoppedContainers(ctx, p.cutoff, r.Config.Labels)
+		if err != nil {
+			return err
+		}
+		for _, o := range objs {
+			p.removedContainers[o.ID] = true
+		}
+		setObjects(ph, StatusWouldRemove, objs)
+		return nil
+	}
+	ids, bytes, err := r.Engine.PruneContainers(ctx, p.cutoff, r.Config.Labels)
+	if err != nil {
+		return err
+	}
+	objs := make([]Object, 0, len(ids))
+	for _, id := range ids {
+		p.removedContainers[id] = true
+		objs = append(objs, Object{ID: id})
+	}
+	setObjects(ph, StatusRemoved, objs)
+	ph.Bytes = bytes
+	return nil
+}
+
+// pruneImages removes (or lists) dangling images created at or before the cutoff, with the
+// untagged parents the engine deletes along with them. Every image ID the engine reports deleted
+// is counted as an image; the other IDs it reports are layers.
+func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) error {
+	all, err := r.Engine.Images(ctx)
+	if err != nil {
+		return err
+	}
+	if r.Config.DryRun {
+		heads, err := r.Engine.DanglingImages(ctx, p.cutoff, r.Config.Labels)
+		if err != nil {
+			return err
+		}
+		inUse, err := r.Engine.ImagesInUse(ctx, p.removedContainers)
+		if err != nil {
+			return err
+		}
+		setObjects(ph, StatusWouldRemove, imagePrunePlan(heads, all, inUse))
+		return nil
+	}
+	known := map[string]image.Summary{}
+	for _, im := range all {
+		known[im.ID] = im
+	}
+	deleted, untagged, bytes, err := r.Engine.PruneDanglingImages(ctx, p.cutoff, r.Config.Labels)
+	if err != nil {
+		return err
+	}
+	var objs []Object
+	for _, id := range deleted {
+		if im, ok := known[id]; ok {
+			objs = append(objs, imageObject(im))
+		} else {
+			ph.Layers++
+		}
+	}
+	setObjects(ph, StatusRemoved, objs)
+	ph.Untagged, ph.Bytes = untagged, bytes
+	return nil
+}
+
+// pruneBuildCache removes (or lists) unused build cache last used before the cutoff; with labels
+// set it is skipped, since the engine ignores labels there and would prune outside them.
+func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *PhaseReport) error {
+	if len(r.Config.Labels) > 0 {
+		ph.Status = StatusSkipped
+		ph.Reason = "labels is set and the engine ignores labels when pruning build cache, so this phase would reach beyond them"
+		return nil
+	}
+	if r.Config.DryRun {
+		objs, err := r.Engine.UnusedBuildCache(ctx, p.cutoff)
+		if err != nil {
+			return err
+		}
+		setObjects(ph, StatusWouldRemove, objs)
+		return nil
+	}
+	// The daemon's clock now, read from this host's, for the age the engine is sent.
+	ids, bytes, err := r.Engine.PruneBuildCache(ctx, p.cutoff, time.Now().Add(p.clockOffset))
+	if err != nil {
+		return err
+	}
+	objs := make([]Object, 0, len(ids))
+	for _, id := range ids {
+		objs = append(objs, Object{ID: id})
+	}
+	setObjects(ph, StatusRemoved, objs)
+	ph.Bytes = bytes
+	return nil
+}
+
+func imageObject(im image.Summary) Object {
+	return Object{ID: im.ID, Size: im.Size, Created: time.Unix(im.Created, 0)}
+}
+
+// imagePrunePlan is what the engine's dangling-image prune deletes: every head (a dangling image
+// without children, already filtered by age and labels) that no container uses, and then, walking
+// up from each, every parent left without children that has no tag or digest and that no
+// container uses — the engine deletes with PruneChildren and stops at the first parent it may not
+// delete. The result does not depend on the order the heads are taken in.
+func imagePrunePlan(heads []Object, all []image.Summary, inUse map[string]bool) []Object {
+	byID := map[string]image.Summary{}
+	children := map[string]int{}
+	for _, im := range all {
+		byID[im.ID] = im
+		if im.ParentID != "" {
+			children[im.ParentID]++
+		}
+	}
+	var plan []Object
+	for _, h := range heads {
+		if inUse[h.ID] {
+			continue
+		}
+		plan = append(plan, h)
+		for parent := byID[h.ID].ParentID; parent != ""; parent = byID[parent].ParentID {
+			children[parent]--
+			im, ok := byID[parent]
+			if !ok || children[parent] > 0 || referenced(im) || inUse[parent] {
+				break
+			}
+			plan = append(plan, imageObject(im))
+		}
+	}
+	sort.Slice(plan, func(i, j int) bool { return plan[i].ID < plan[j].ID })
+	return plan
+}
+
+// referenced reports whether an image has a tag or a digest reference (older engines list an
+// untagged image as "<none>:<none>" and "<none>@<none>").
+func referenced(im image.Summary) bool {
+	for _, ref := range append(im.RepoTags, im.RepoDigests...) {
+		if ref != "<none>:<none>" && ref != "<none>@<none>" {
+			return true
+		}
+	}
+	return false
+}
+
+func setObjects(ph *PhaseReport, status string, objs []Object) {
+	ph.Status, ph.Objects, ph.Count = status, objs, len(objs)
+	if status == StatusWouldRemove {
+		for _, o := range objs {
+			if o.Size > 0 {
+				ph.Bytes += uint64(o.Size)
+			}
+		}
+	}
+}
