@@ -7,15 +7,19 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/docker/docker/api/types/container"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
 
 // A socket that accepts and never answers: the run ends within timeout plus a second, exit 1.
+// Proves SPEC "Settings" timeout and "The run" 8 (timeout); docs/reliability.md "Silent socket".
 func TestSilentSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "silent.sock")
 	ln, err := net.Listen("unix", sock)
@@ -41,14 +45,16 @@ func TestSilentSocket(t *testing.T) {
 }
 
 // An API error while evaluating the gates prunes nothing and exits 1 with one line.
+// Proves SPEC "The run" 8 (an API failure fails closed); docs/reliability.md "API error during
+// gate evaluation".
 func TestAPIErrorDuringGates(t *testing.T) {
 	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	stopped := makeContainer(t, containerSpec{})
 	time.Sleep(2100 * time.Millisecond)
 	p := startProxy(t, &faultProxy{fail: regexp.MustCompile(`^GET /services$`)})
 	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s"})
-	if r.code != plugin.ExitRuntime || !exists("image", old) || !exists("container", stopped) {
-		t.Fatalf("exit %d; image kept %v container kept %v; want 1 and nothing removed", r.code, exists("image", old), exists("container", stopped))
+	if r.code != plugin.ExitRuntime || !exists(t, "image", old) || !exists(t, "container", stopped) {
+		t.Fatalf("exit %d; image kept %v container kept %v; want 1 and nothing removed", r.code, exists(t, "image", old), exists(t, "container", stopped))
 	}
 	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
 	last := lines[len(lines)-1]
@@ -58,23 +64,43 @@ func TestAPIErrorDuringGates(t *testing.T) {
 }
 
 // A live run that appears between two prune phases stops the later phases.
+// Proves SPEC "The run" 6 (the gates re-checked before each phase); docs/usage.md "What it
+// does" 6.
 func TestStackAppearsBetweenPhases(t *testing.T) {
 	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	stopped := makeContainer(t, containerSpec{})
 	buildCache(t)
 	time.Sleep(2100 * time.Millisecond)
+	// The late container is made on the proxy's goroutine, which must not fail the test: the
+	// outcome comes back over late and is checked here. Cleanup goes by name, so it also finds a
+	// container whose start failed.
+	const lateName = "ci-run-99-late"
+	t.Cleanup(func() { _ = api.ContainerRemove(ctx(), lateName, container.RemoveOptions{Force: true}) })
+	late := make(chan error, 1)
+	var once sync.Once
 	p := startProxy(t, &faultProxy{})
 	p.beforeResponse = func(rt string) {
 		if rt == "POST /containers/prune" {
-			makeContainer(t, containerSpec{name: "ci-run-99-late", start: true})
+			once.Do(func() {
+				_, err := createContainer(containerSpec{name: lateName, start: true})
+				late <- err
+			})
 		}
 	}
 	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s", "PLUGIN_STACK_PATTERN": "^ci-run-"})
+	select {
+	case err := <-late:
+		if err != nil {
+			t.Fatalf("the live run meant to appear between the phases could not be made: %v", err)
+		}
+	default:
+		t.Fatalf("the plugin's container prune never reached the proxy, so no live run appeared (exit %d decision %q)", r.code, r.report.Decision)
+	}
 	if r.code != 0 || r.report.Decision != "stopped: "+gates.NoRunGate+" closed before "+plugin.PhaseImages {
 		t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
 	}
-	if exists("container", stopped) || !exists("image", old) {
-		t.Errorf("containers phase should have run (container gone: %v) and images not (image kept: %v)", !exists("container", stopped), exists("image", old))
+	if exists(t, "container", stopped) || !exists(t, "image", old) {
+		t.Errorf("containers phase should have run (container gone: %v) and images not (image kept: %v)", !exists(t, "container", stopped), exists(t, "image", old))
 	}
 	for _, ph := range []string{plugin.PhaseImages, plugin.PhaseBuildCache} {
 		if p, _ := r.report.Phase(ph); p.Status != plugin.StatusNotRun {
@@ -116,8 +142,10 @@ func signalDuringPrune(t *testing.T, hold time.Duration) (*exec.ExitError, strin
 	return exit, stdout.String(), took
 }
 
-// SIGTERM while the engine is pruning: the prune's answer is awaited for the grace period (3 s),
-// the summary says what it removed, and the later phases do not run.
+// SIGTERM while the engine is pruning: the prune's answer, which comes within the grace period
+// (3 s), is awaited, the summary says what it removed, and the later phases do not run.
+// Proves SPEC "The run" 8 (signal: stop between calls, report what was done, exit 1);
+// docs/reliability.md "SIGTERM in the middle of a prune".
 func TestSignalLetsPruneFinish(t *testing.T) {
 	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	stopped := makeContainer(t, containerSpec{})
@@ -131,13 +159,14 @@ func TestSignalLetsPruneFinish(t *testing.T) {
 			t.Errorf("summary lacks %q", want)
 		}
 	}
-	if exists("container", stopped) || !exists("image", old) {
+	if exists(t, "container", stopped) || !exists(t, "image", old) {
 		t.Errorf("the container phase should have removed %s and the image phase not run", stopped)
 	}
 }
 
 // SIGTERM while the engine's answer does not come: abandoned after the grace period, exit 1,
-// the phase reported interrupted.
+// the phase reported interrupted. Proves SPEC "The run" 8 (signal); docs/reliability.md "SIGTERM
+// in the middle of a prune".
 func TestSignalDuringPrune(t *testing.T) {
 	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	makeContainer(t, containerSpec{})
@@ -151,13 +180,15 @@ func TestSignalDuringPrune(t *testing.T) {
 			t.Errorf("summary lacks %q", want)
 		}
 	}
-	if !exists("image", old) {
+	if !exists(t, "image", old) {
 		t.Errorf("the image phase ran after the signal")
 	}
 }
 
-// A node that is not a swarm manager (GET /services answers 503) is judged as a worker: only its
-// own containers are checked, and the summary says so.
+// A manager whose GET /services answers 503 "not a swarm manager" (as after a demotion between
+// GET /info and GET /services; the proxy injects the answer) is judged as a worker, the run goes on,
+// and the summary says so. Proves SPEC "The run" 4 (worker fallback) as far as one node can show
+// it; docs/reliability.md "Not a swarm manager".
 func TestWorkerFallback(t *testing.T) {
 	p := startProxy(t, &faultProxy{fail: regexp.MustCompile(`^GET /services$`), failStatus: 503,
 		failMessage: "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."})

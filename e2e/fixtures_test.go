@@ -8,9 +8,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
@@ -24,10 +26,13 @@ import (
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
 
-// fixtureLabel marks every object these tests create, so cleanup finds them.
+// fixtureLabel marks every image, container, volume, network and service these tests create
+// (build-cache records take no labels), so leftovers of an interrupted run can be found with
+// `docker ps -a --filter label=dgp.fixture`. Cleanup itself goes by ID, through t.Cleanup.
 const fixtureLabel = fixtures.Label
 
-// sleeperImage is the tagged image every test container runs; being tagged, no prune removes it.
+// sleeperImage is the tagged image test containers and services run unless a test names another
+// image; being tagged, no prune removes it.
 const sleeperImage = "dgp-sleeper:e2e"
 
 var (
@@ -100,9 +105,22 @@ type containerSpec struct {
 	network string // a network to attach
 }
 
+// makeContainer creates the container (and starts it with spec.start), removed at cleanup.
 func makeContainer(t testing.TB, spec containerSpec) string {
 	t.Helper()
 	ensureSleeperImage(t)
+	id, err := createContainer(spec)
+	if id != "" {
+		t.Cleanup(func() { _ = api.ContainerRemove(ctx(), id, container.RemoveOptions{Force: true}) })
+	}
+	must(t, err)
+	return id
+}
+
+// createContainer creates the container (and starts it with spec.start) and returns its ID, also
+// when starting it failed. It touches no testing.TB, so it may run off the test goroutine; the
+// caller loads the sleeper image first and removes the container.
+func createContainer(spec containerSpec) (string, error) {
 	if spec.image == "" {
 		spec.image = sleeperImage
 	}
@@ -127,12 +145,15 @@ func makeContainer(t testing.TB, spec containerSpec) string {
 		host.NetworkMode = container.NetworkMode(spec.network)
 	}
 	created, err := api.ContainerCreate(ctx(), cfg, host, nil, nil, spec.name)
-	must(t, err)
-	t.Cleanup(func() { _ = api.ContainerRemove(ctx(), created.ID, container.RemoveOptions{Force: true}) })
-	if spec.start {
-		must(t, api.ContainerStart(ctx(), created.ID, container.StartOptions{}))
+	if err != nil {
+		return "", fmt.Errorf("creating container %s: %w", spec.name, err)
 	}
-	return created.ID
+	if spec.start {
+		if err := api.ContainerStart(ctx(), created.ID, container.StartOptions{}); err != nil {
+			return created.ID, fmt.Errorf("starting container %s: %w", spec.name, err)
+		}
+	}
+	return created.ID, nil
 }
 
 func makeVolume(t testing.TB) string {
@@ -158,7 +179,7 @@ func buildCache(t testing.TB) (tag string) {
 	return tag
 }
 
-// buildCacheIDs lists build-cache records that the non-all prune may remove.
+// buildCacheIDs lists the IDs of every build-cache record the engine reports, in use or not.
 func buildCacheIDs(t testing.TB) map[string]bool {
 	du, err := api.DiskUsage(ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
 	must(t, err)
@@ -201,7 +222,15 @@ func takeInventory(t testing.TB) inventory {
 	return inv
 }
 
-func exists(kind string, id string) bool {
+// exists says whether the engine has the object (by ID, or name or tag where the engine accepts
+// one). Only the engine's "no such object" counts as absent: any other answer (daemon unreachable,
+// a server error) fails the test, and so does an empty ID, which the client itself reports as not
+// found, so neither can pass for a removed object.
+func exists(t testing.TB, kind string, id string) bool {
+	t.Helper()
+	if strings.TrimSpace(id) == "" {
+		t.Fatalf("exists: no %s ID given", kind)
+	}
 	var err error
 	switch kind {
 	case "image":
@@ -212,8 +241,17 @@ func exists(kind string, id string) bool {
 		_, err = api.VolumeInspect(ctx(), id)
 	case "network":
 		_, err = api.NetworkInspect(ctx(), id, network.InspectOptions{})
+	default:
+		t.Fatalf("exists: unknown kind %q", kind)
 	}
-	return err == nil
+	switch {
+	case err == nil:
+		return true
+	case cerrdefs.IsNotFound(err):
+		return false
+	}
+	t.Fatalf("asking the engine whether %s %s exists: %v", kind, id, err)
+	return false
 }
 
 // serviceSpec describes a swarm service running the sleeper.
@@ -240,26 +278,40 @@ func makeService(t testing.TB, spec serviceSpec) string {
 	resp, err := api.ServiceCreate(ctx(), s, swarm.ServiceCreateOptions{QueryRegistry: false})
 	must(t, err)
 	t.Cleanup(func() {
-		_ = api.ServiceRemove(ctx(), resp.ID)
+		if err := api.ServiceRemove(ctx(), resp.ID); err != nil {
+			t.Errorf("removing service %s: %v", spec.name, err)
+			return
+		}
 		// Task containers go away asynchronously; wait so the next test starts clean.
-		waitFor(t, 30*time.Second, func() bool {
-			cs, _ := api.ContainerList(ctx(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.docker.swarm.service.id="+resp.ID))})
-			return len(cs) == 0
+		waitFor(t, 30*time.Second, "the task containers of removed service "+spec.name+" are gone", func() (bool, error) {
+			cs, err := api.ContainerList(ctx(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.docker.swarm.service.id="+resp.ID))})
+			return len(cs) == 0, err
 		})
 	})
 	return resp.ID
 }
 
-// waitFor polls cond until it holds or the limit passes.
-func waitFor(t testing.TB, limit time.Duration, cond func() bool) bool {
+// waitFor polls cond every 200 ms until it holds or limit passes. If it never holds, or cond
+// returns an error, the test fails with what (the thing that did not happen) and waitFor returns
+// false; a caller that cannot go on without it stops with t.FailNow.
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() (bool, error)) bool {
+	t.Helper()
 	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		if cond() {
+	for {
+		ok, err := cond()
+		if err != nil {
+			t.Errorf("waiting until %s: %v", what, err)
+			return false
+		}
+		if ok {
 			return true
+		}
+		if !time.Now().Before(deadline) {
+			t.Errorf("did not happen within %s: %s", limit, what)
+			return false
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return cond()
 }
 
 // dataRoot is the daemon's data root, as GET /info gives it.
@@ -285,11 +337,24 @@ type result struct {
 	elapsed time.Duration
 }
 
-// runPlugin runs the built binary with only the given environment (plus PATH, HOME and
-// DOCKER_HOST), as Drone would run the image, and reads the JSON summary it writes.
+// runPlugin runs the built binary (execPlugin) and fails the test if it could not be run or its
+// JSON summary could not be read.
 func runPlugin(t testing.TB, env map[string]string, args ...string) result {
 	t.Helper()
-	dir := t.TempDir()
+	r, err := execPlugin(t.TempDir(), env, args...)
+	logRun(t, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// execPlugin runs the built binary with only the given environment (plus PATH and HOME, and
+// DOCKER_HOST from the test's environment unless env sets it), so no setting leaks in from the
+// environment of `go test`. Unless env names a summary_file, the plugin writes its JSON summary
+// into dir, and execPlugin reads it into the result. A non-zero exit is a result, not an error.
+// It touches no testing.TB, so it may run off the test goroutine.
+func execPlugin(dir string, env map[string]string, args ...string) (result, error) {
 	summary := filepath.Join(dir, "summary.json")
 	cmd := exec.Command(pluginBin, args...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
@@ -310,13 +375,20 @@ func runPlugin(t testing.TB, env map[string]string, args ...string) result {
 	if exit, ok := err.(*exec.ExitError); ok {
 		r.code = exit.ExitCode()
 	} else if err != nil {
-		t.Fatal(err)
+		return r, fmt.Errorf("running %s: %w", pluginBin, err)
 	}
 	if data, err := os.ReadFile(summary); err == nil {
-		must(t, json.Unmarshal(data, &r.report))
+		if err := json.Unmarshal(data, &r.report); err != nil {
+			return r, fmt.Errorf("reading the summary file %s: %w", summary, err)
+		}
 	}
+	return r, nil
+}
+
+// logRun logs a run's exit, duration and output.
+func logRun(t testing.TB, r result) {
+	t.Helper()
 	t.Logf("plugin exit %d in %s\nstdout:\n%s\nstderr:\n%s", r.code, r.elapsed.Round(time.Millisecond), r.stdout, r.stderr)
-	return r
 }
 
 // phaseIDs is the set of object IDs a phase reported.

@@ -165,6 +165,10 @@ func droneLabels() map[string]string {
 }
 
 // The image, run as Drone runs it, for a cron build and a promote build; and under Woodpecker.
+// Proves SPEC "Where it is used" (cron, manual promote, Woodpecker), "The summary" (the Drone card
+// on /dev/stdout, $DRONE_OUTPUT, no card without DRONE_CARD_PATH) and "Settings" disk_path auto
+// inside a container; docs/usage.md "The three pipelines", "Which daemon and which disk" and
+// "Woodpecker CI".
 func TestImageAsDroneRunsIt(t *testing.T) {
 	size := buildPluginImage(t)
 	t.Logf("image size: %d bytes (%.1f MB)", size, float64(size)/1e6)
@@ -187,8 +191,8 @@ func TestImageAsDroneRunsIt(t *testing.T) {
 		if host.UsedPercent() >= threshold-1 {
 			t.Skipf("this host is %.1f%% used, too close to the nightly threshold %g%% for the below-threshold check", host.UsedPercent(), threshold)
 		}
-		if r.code != 0 || r.report.Decision != plugin.DecisionKeptCache || !exists("image", old) {
-			t.Fatalf("exit %d decision %q old image kept %v; want 0, %q, true", r.code, r.report.Decision, exists("image", old), plugin.DecisionKeptCache)
+		if r.code != 0 || r.report.Decision != plugin.DecisionKeptCache || !exists(t, "image", old) {
+			t.Fatalf("exit %d decision %q old image kept %v; want 0, %q, true", r.code, r.report.Decision, exists(t, "image", old), plugin.DecisionKeptCache)
 		}
 		card := decodeCard(t, r.stdout)
 		if card["decision"] != plugin.DecisionKeptCache {
@@ -203,7 +207,7 @@ func TestImageAsDroneRunsIt(t *testing.T) {
 		if d.TotalBytes != host.TotalBytes || d.TotalInodes != host.TotalInodes || abs(d.UsedPercent()-host.UsedPercent()) > 0.5 {
 			t.Errorf("container measured %s; host data root is %s", d, host)
 		}
-		t.Logf("container /: %s\nhost /var/lib/docker: %s", d, host)
+		t.Logf("container /: %s\nhost data root: %s", d, host)
 	})
 
 	t.Run("promote", func(t *testing.T) {
@@ -221,8 +225,8 @@ func TestImageAsDroneRunsIt(t *testing.T) {
 		if r.code != 0 && r.code != plugin.ExitPolicy {
 			t.Fatalf("exit %d", r.code)
 		}
-		if r.report.Decision != plugin.DecisionPruned || exists("image", old) || !exists("image", young) {
-			t.Fatalf("decision %q; old image removed %v, young kept %v", r.report.Decision, !exists("image", old), exists("image", young))
+		if r.report.Decision != plugin.DecisionPruned || exists(t, "image", old) || !exists(t, "image", young) {
+			t.Fatalf("decision %q; old image removed %v, young kept %v", r.report.Decision, !exists(t, "image", old), exists(t, "image", young))
 		}
 		card := decodeCard(t, r.stdout)
 		if card["decision"] != plugin.DecisionPruned || card["objects"].(float64) < 1 {

@@ -37,7 +37,7 @@ type randomWorld struct {
 	networks   []string
 }
 
-// makeWorld creates a random world. Images are backdated around the cutoff in their config;
+// makeWorld creates a random world. Images are dated around the cutoff in their config;
 // containers are made in two waves, before and after it.
 func makeWorld(t *testing.T, seed uint64) *randomWorld {
 	t.Helper()
@@ -46,7 +46,8 @@ func makeWorld(t *testing.T, seed uint64) *randomWorld {
 	ensureSleeperImage(t)
 	sleeper, err := os.ReadFile(sleeperBin)
 	must(t, err)
-	// Images are backdated an hour either side of now; the cutoff falls a few seconds after now.
+	// Images are dated an hour before or after now in their config; the cutoff falls after the
+	// first wave of containers, seconds from now.
 	base := time.Now()
 	for i := 0; i < 6+rng.IntN(5); i++ {
 		im := fixtureImage{tagged: rng.IntN(3) == 0, old: rng.IntN(3) != 0, lbl: rng.IntN(2) == 0}
@@ -169,24 +170,31 @@ func (w *randomWorld) check(t *testing.T, labels bool, before, after inventory, 
 	}
 }
 
-func seeds() []uint64 {
-	if s := os.Getenv("DGP_SEEDS"); s != "" {
-		var out []uint64
-		for _, f := range strings.Split(s, ",") {
-			n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 64)
-			if err == nil {
-				out = append(out, n)
-			}
-		}
-		return out
+// seeds are the random worlds to try: DGP_SEEDS (comma-separated decimal integers) when set,
+// else 1, 2, 3 and one drawn from the clock. A DGP_SEEDS item that is not a seed fails the test
+// rather than being dropped, so a mistyped rerun cannot pass by trying fewer worlds.
+func seeds(t testing.TB) []uint64 {
+	t.Helper()
+	s := os.Getenv("DGP_SEEDS")
+	if s == "" {
+		return []uint64{1, 2, 3, uint64(time.Now().UnixNano() % 100000)}
 	}
-	return []uint64{1, 2, 3, uint64(time.Now().UnixNano() % 100000)}
+	var out []uint64
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 64)
+		if err != nil {
+			t.Fatalf("DGP_SEEDS=%q: item %q is not a seed (a decimal integer): %v", s, f, err)
+		}
+		out = append(out, n)
+	}
+	return out
 }
 
-// Invariants: on random fixture sets, a run at pressure removes exactly the policy set.
-// DGP_SEEDS=1,2,3 reruns given seeds; each failure names its seed.
+// Invariants: on random fixture sets, a forced run removes exactly the policy set.
+// DGP_SEEDS=1,2,3 reruns given seeds; each failure names its seed. Proves SPEC "The run" 6 and
+// "Settings" until and labels; docs/reliability.md "Invariants".
 func TestInvariantsOnRandomFixtures(t *testing.T) {
-	for _, seed := range seeds() {
+	for _, seed := range seeds(t) {
 		t.Run(fmt.Sprint("seed-", seed), func(t *testing.T) {
 			w := makeWorld(t, seed)
 			labels := seed%2 == 0
@@ -206,14 +214,22 @@ func TestInvariantsOnRandomFixtures(t *testing.T) {
 }
 
 // Four runs started at once on one daemon: each exits 0, together they remove exactly the
-// policy set, and a conflict shows as a skipped phase.
+// policy set, and a conflict shows as a skipped phase. Proves SPEC "The run" 6 (HTTP 409 skips
+// the phase, not an error); docs/reliability.md "Concurrency".
 func TestConcurrentRuns(t *testing.T) {
 	// Seed 44's world has an old dangling image whose only user is an old stopped container, so
 	// one run's image phase can only remove it after another run's container phase.
 	w := makeWorld(t, 44)
 	before := takeInventory(t)
 	const runs = 4
+	// The runs' goroutines must not fail the test: each returns its result and error, and both
+	// are checked here on the test goroutine.
 	results := make([]result, runs)
+	errs := make([]error, runs)
+	dirs := make([]string, runs)
+	for i := range dirs {
+		dirs[i] = t.TempDir()
+	}
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	for i := range runs {
@@ -221,11 +237,23 @@ func TestConcurrentRuns(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			results[i] = runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": w.cutoff.UTC().Format(time.RFC3339)})
+			results[i], errs[i] = execPlugin(dirs[i], map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": w.cutoff.UTC().Format(time.RFC3339)})
 		}()
 	}
 	close(start)
 	wg.Wait()
+	notRun := false
+	for i, r := range results {
+		t.Logf("run %d:", i)
+		logRun(t, r)
+		if errs[i] != nil {
+			t.Errorf("run %d: %v", i, errs[i])
+			notRun = true
+		}
+	}
+	if notRun {
+		t.FailNow() // what the runs removed together cannot be judged without every run's report
+	}
 	union := map[string]bool{}
 	skipped := 0
 	for i, r := range results {

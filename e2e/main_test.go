@@ -1,7 +1,10 @@
-// Package e2e runs the plugin binary against the real Docker Engine. Every test here prunes the
-// whole daemon, so they live in this one package and run one after another; each creates every
-// object it relies on. Without an engine they are skipped, unless DGP_REQUIRE_ENGINE=1 (CI), where
-// a missing engine is a failure.
+// Package e2e runs the plugin binary, and the plugin image, against the real Docker Engine. Most
+// tests here prune the whole daemon, so they live in this one package and run one after another
+// (none is parallel); each creates the objects it relies on. Without an engine TestMain runs no
+// test and says so on stderr, unless DGP_REQUIRE_ENGINE=1 (CI), where a missing engine is a failure.
+//
+// docs/testing.md maps each behaviour of the contract (../shared/SPEC.md) to the tests that prove
+// it, here and in the packages' unit tests, and lists the behaviours no test proves yet.
 package e2e
 
 import (

@@ -14,8 +14,8 @@ import (
 )
 
 // fixtureSet is one of everything the policy must either remove or keep. "Old" objects are
-// made before the cutoff, "young" ones after; until is given as that cutoff (RFC 3339), since
-// containers and build cache cannot be backdated.
+// made before the cutoff (images backdated 48 h in their config), "young" ones after; until is
+// given as that cutoff (RFC 3339), since containers and build cache cannot be backdated.
 type fixtureSet struct {
 	cutoff time.Time
 
@@ -67,32 +67,33 @@ func makeFixtures(t *testing.T) fixtureSet {
 
 func (f fixtureSet) until() string { return f.cutoff.UTC().Format(time.RFC3339) }
 
-// checkPolicySet asserts that exactly the old, unused, untagged objects went and all else stayed.
+// checkPolicySet asserts that the fixture's old, unused, untagged objects went (of the old
+// build-cache records at least one) and the rest of the fixture stayed, and that the report says so.
 func (f fixtureSet) checkPolicySet(t *testing.T, r result) {
 	t.Helper()
 	for _, id := range []string{f.oldDangling, f.oldRetagged} {
-		if exists("image", id) {
+		if exists(t, "image", id) {
 			t.Errorf("old dangling image %s was not removed", id)
 		}
 	}
-	if exists("container", f.oldStopped) {
+	if exists(t, "container", f.oldStopped) {
 		t.Errorf("old stopped container %s was not removed", f.oldStopped)
 	}
 	for what, id := range map[string]string{"tagged image": f.taggedOld, "image used by a stopped container": f.usedByStopped,
 		"young dangling image": f.youngDangling, "sleeper image": sleeperImage} {
-		if !exists("image", id) {
+		if !exists(t, "image", id) {
 			t.Errorf("%s %s was removed", what, id)
 		}
 	}
 	for what, id := range map[string]string{"running container": f.oldRunning, "young stopped container": f.youngStopped} {
-		if !exists("container", id) {
+		if !exists(t, "container", id) {
 			t.Errorf("%s %s was removed", what, id)
 		}
 	}
-	if !exists("volume", f.vol) {
+	if !exists(t, "volume", f.vol) {
 		t.Errorf("volume %s was removed", f.vol)
 	}
-	if !exists("network", f.net) {
+	if !exists(t, "network", f.net) {
 		t.Errorf("network %s was removed", f.net)
 	}
 	cache := buildCacheIDs(t)
@@ -121,7 +122,9 @@ func (f fixtureSet) checkPolicySet(t *testing.T, r result) {
 	}
 }
 
-// Scenario 1: below threshold nothing at all is removed.
+// Below threshold nothing at all is removed, the summary says the cache was kept, and only the
+// disk gate was evaluated, on the daemon's data root. Proves SPEC "The run" 2 and "Settings"
+// threshold and disk_path (auto); docs/usage.md "What it does" 2 and "Which daemon and which disk".
 func TestBelowThresholdRemovesNothing(t *testing.T) {
 	f := makeFixtures(t)
 	before := takeInventory(t)
@@ -146,7 +149,9 @@ func TestBelowThresholdRemovesNothing(t *testing.T) {
 	}
 }
 
-// Scenario 2: at pressure exactly the policy set goes, via the threshold and via force.
+// At pressure exactly the policy set goes, via the threshold and via force.
+// Proves SPEC "The run" 2 and 6 (the three phases, with until; never tagged images, volumes or
+// networks) and "Settings" threshold and force; docs/usage.md "What it does" 2 and 6.
 func TestPressurePrunesPolicySet(t *testing.T) {
 	for name, env := range map[string]map[string]string{
 		"threshold": {"PLUGIN_THRESHOLD": "1", "PLUGIN_FAIL_ABOVE": "100"},
@@ -164,17 +169,20 @@ func TestPressurePrunesPolicySet(t *testing.T) {
 	}
 }
 
-// Scenario 2b: the default-style duration until on backdated images: 48h old goes, 1h old stays.
+// A duration until on backdated images: 48h old goes, 1h old stays. Proves SPEC "Settings" until
+// (a duration); docs/engine.md "Image prune until compares the image config's created".
 func TestDurationUntilOnImageCreated(t *testing.T) {
 	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	recent := danglingImage(t, time.Now().Add(-1*time.Hour), nil)
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "24h"})
-	if r.code != 0 || exists("image", old) || !exists("image", recent) {
-		t.Fatalf("exit %d; 48h-old image exists=%v (want false), 1h-old exists=%v (want true)", r.code, exists("image", old), exists("image", recent))
+	if r.code != 0 || exists(t, "image", old) || !exists(t, "image", recent) {
+		t.Fatalf("exit %d; 48h-old image exists=%v (want false), 1h-old exists=%v (want true)", r.code, exists(t, "image", old), exists(t, "image", recent))
 	}
 }
 
-// Scenario 3: a live run matching stack_pattern skips the prune and the summary names it.
+// A live run matching stack_pattern (compose project, container name, swarm stack) or run_labels
+// skips the prune, and the summary names it. Proves SPEC "The run" 3 and 5 and "Settings"
+// stack_pattern and run_labels; docs/usage.md "What it does" 3 and 5.
 func TestLiveRunSkips(t *testing.T) {
 	cases := map[string]struct {
 		setup func(t *testing.T)
@@ -210,7 +218,7 @@ func TestLiveRunSkips(t *testing.T) {
 			if !strings.Contains(r.stdout, c.want) {
 				t.Errorf("summary does not name %s", c.want)
 			}
-			if !exists("image", old) || !exists("container", stopped) || len(after.images) < len(before.images) || len(after.containers) < len(before.containers) {
+			if !exists(t, "image", old) || !exists(t, "container", stopped) || len(after.images) < len(before.images) || len(after.containers) < len(before.containers) {
 				t.Errorf("something was removed while a run was live")
 			}
 		})
@@ -218,6 +226,7 @@ func TestLiveRunSkips(t *testing.T) {
 }
 
 // The plugin's own build (DRONE_REPO + DRONE_BUILD_NUMBER) does not count as a live run.
+// Proves SPEC "Settings" run_labels (own build ignored); docs/usage.md "2. Post-run cleanup".
 func TestOwnBuildIgnored(t *testing.T) {
 	makeContainer(t, containerSpec{start: true, labels: map[string]string{"io.drone.build.number": "9", "io.drone.repo.slug": "me/prune"}})
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true", "PLUGIN_RUN_LABELS": "io.drone.build.number",
@@ -227,7 +236,8 @@ func TestOwnBuildIgnored(t *testing.T) {
 	}
 }
 
-// Scenario 4: a service that cannot reach its replicas skips the prune with running/desired.
+// A service that cannot reach its replicas skips the prune, and the summary gives its
+// running/desired counts. Proves SPEC "The run" 4 and 5; docs/usage.md "What it does" 4 and 5.
 func TestUnconvergedServiceSkips(t *testing.T) {
 	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	makeService(t, serviceSpec{name: "dgp-unplaceable", replicas: 2, constraints: []string{"node.labels.dgp-nowhere==true"}})
@@ -238,12 +248,13 @@ func TestUnconvergedServiceSkips(t *testing.T) {
 	if !strings.Contains(r.stdout, "service dgp-unplaceable has 0/2 tasks running") {
 		t.Errorf("summary does not show running/desired")
 	}
-	if !exists("image", old) {
+	if !exists(t, "image", old) {
 		t.Errorf("image removed while a service was converging")
 	}
 }
 
 // A restarting container and a health check still starting both hold the no-converge gate.
+// Proves SPEC "The run" 4 (containers); docs/usage.md "What it does" 4.
 func TestConvergingContainersSkip(t *testing.T) {
 	for name, spec := range map[string]containerSpec{
 		"restarting": {start: true, restart: true, cmd: []string{"/sleeper", "exit"}},
@@ -251,8 +262,11 @@ func TestConvergingContainersSkip(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			id := makeContainer(t, spec)
-			if name == "restarting" {
-				waitFor(t, 10*time.Second, func() bool { c, _ := api.ContainerInspect(ctx(), id); return c.State != nil && c.State.Restarting })
+			if name == "restarting" && !waitFor(t, 10*time.Second, "container "+id[:12]+" is restarting", func() (bool, error) {
+				c, err := api.ContainerInspect(ctx(), id)
+				return err == nil && c.State != nil && c.State.Restarting, err
+			}) {
+				t.FailNow()
 			}
 			r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true"})
 			if r.code != 0 || r.report.Decision != "skipped: "+gates.NoConvergeGate {
@@ -262,14 +276,19 @@ func TestConvergingContainersSkip(t *testing.T) {
 	}
 }
 
-// wait: a closed gate re-checked until the run ends, then the prune goes ahead.
+// wait: a gate closed by a live run is re-checked until the run stops, then the run goes on (a dry
+// run here). Proves SPEC "Settings" wait and "The run" 5; docs/usage.md "What it does" 5.
 func TestWaitForGate(t *testing.T) {
 	live := makeContainer(t, containerSpec{start: true, name: "ci-run-77-app"})
+	stopped := make(chan error, 1)
 	go func() {
 		time.Sleep(2 * time.Second)
-		_ = api.ContainerStop(ctx(), live, containerStopOptions())
+		stopped <- api.ContainerStop(ctx(), live, containerStopOptions())
 	}()
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true", "PLUGIN_STACK_PATTERN": "^ci-run-", "PLUGIN_WAIT": "30s"})
+	if err := <-stopped; err != nil {
+		t.Fatalf("stopping the live run during wait: %v", err)
+	}
 	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun {
 		t.Fatalf("exit %d decision %q, want the gate to open within wait", r.code, r.report.Decision)
 	}
@@ -278,7 +297,8 @@ func TestWaitForGate(t *testing.T) {
 	}
 }
 
-// Scenario 5: a dry run lists exactly what the following real run removes.
+// A dry run removes nothing and lists exactly what the following real run removes.
+// Proves SPEC "Settings" dry_run; docs/usage.md "What it does" (dry_run) and "3. Manual promote".
 func TestDryRunMatchesRealRun(t *testing.T) {
 	f := makeFixtures(t)
 	env := map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": f.until()}
@@ -312,6 +332,7 @@ func TestDryRunMatchesRealRun(t *testing.T) {
 }
 
 // labels narrows the container and image prunes and skips the build-cache phase.
+// Proves SPEC "Settings" labels and "The run" 6; docs/usage.md "What it does" 6.
 func TestLabelsNarrowAndSkipBuildCache(t *testing.T) {
 	in := danglingImage(t, time.Now().Add(-48*time.Hour), map[string]string{"ci.tier": "scratch"})
 	out := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
@@ -335,9 +356,9 @@ func TestLabelsNarrowAndSkipBuildCache(t *testing.T) {
 	time.Sleep(2100 * time.Millisecond)
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_LABELS": "ci.tier=scratch",
 		"PLUGIN_UNTIL": time.Now().Add(-time.Second).UTC().Format(time.RFC3339)})
-	if r.code != 0 || exists("image", in) || exists("container", inC) || !exists("image", out) || !exists("container", outC) {
+	if r.code != 0 || exists(t, "image", in) || exists(t, "container", inC) || !exists(t, "image", out) || !exists(t, "container", outC) {
 		t.Fatalf("exit %d; labelled image/container gone: %v/%v (want true); unlabelled kept: %v/%v (want true)",
-			r.code, !exists("image", in), !exists("container", inC), exists("image", out), exists("container", outC))
+			r.code, !exists(t, "image", in), !exists(t, "container", inC), exists(t, "image", out), exists(t, "container", outC))
 	}
 	p, _ := r.report.Phase(plugin.PhaseBuildCache)
 	if p.Status != plugin.StatusSkipped || !strings.Contains(p.Reason, "ignores labels") {

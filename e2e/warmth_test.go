@@ -10,8 +10,10 @@ import (
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
 
-// The reason the plugin exists: after a prune at pressure the base images are still cached, so
-// pulling them again downloads no layer. A registry on 127.0.0.1 serves them and counts blobs.
+// The reason the plugin exists: after a forced prune the base images are still cached, so pulling
+// them again downloads no layer. A registry on 127.0.0.1 serves them and counts the layer blobs it
+// serves. Proves SPEC's opening (the local image store is the cache; tagged images are never
+// pruned) and "The run" 6; README.md.
 func TestPruneKeepsCacheWarm(t *testing.T) {
 	reg, err := fixtures.StartRegistry()
 	must(t, err)
@@ -32,11 +34,11 @@ func TestPruneKeepsCacheWarm(t *testing.T) {
 	}
 	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true"})
-	if r.code != 0 || r.report.Decision != plugin.DecisionPruned || exists("image", old) {
-		t.Fatalf("exit %d decision %q; the prune did not run (old dangling image kept: %v)", r.code, r.report.Decision, exists("image", old))
+	if r.code != 0 || r.report.Decision != plugin.DecisionPruned || exists(t, "image", old) {
+		t.Fatalf("exit %d decision %q; the prune did not run (old dangling image kept: %v)", r.code, r.report.Decision, exists(t, "image", old))
 	}
 	for _, ref := range bases {
-		if !exists("image", ref) {
+		if !exists(t, "image", ref) {
 			t.Errorf("base image %s was removed", ref)
 		}
 		must(t, fixtures.Pull(ctx(), api, ref))

@@ -1,0 +1,188 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/image"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+)
+
+// Exact plan and exact report (docs/usage.md, "Dry run and report"): on a random world with
+// classic-builder chains, re-tags, created, exited and paused containers and images created in the
+// cutoff's own second, the dry run's plan, the set that disappears from the engine's listings and
+// the set the real run reports are the same, by ID.
+
+// legacyChain builds FROM the sleeper image with the classic builder, which keeps one untagged
+// intermediate image per step as the parent of the next; it returns the built image's ID.
+func legacyChain(t *testing.T, tag, chain string, f1, f2 []byte) string {
+	t.Helper()
+	tar := fixtures.Tar(map[string][]byte{
+		"Dockerfile": []byte("FROM " + sleeperImage + "\nLABEL dgp.chain=" + chain + "\nCOPY f1 /f1\nCOPY f2 /f2\n"),
+		"f1":         f1, "f2": f2,
+	}, 0o644)
+	resp, err := api.ImageBuild(ctx(), bytes.NewReader(tar), build.ImageBuildOptions{Version: build.BuilderV1, Tags: []string{tag}, Remove: true})
+	must(t, err)
+	out, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	must(t, err)
+	if strings.Contains(string(out), "errorDetail") {
+		t.Fatalf("legacy build: %s", out)
+	}
+	inspect, err := api.ImageInspect(ctx(), tag)
+	must(t, err)
+	return inspect.ID
+}
+
+// imageIDs lists every image ID, intermediate ones included.
+func imageIDs(t *testing.T) map[string]bool {
+	t.Helper()
+	list, err := api.ImageList(ctx(), image.ListOptions{All: true})
+	must(t, err)
+	out := map[string]bool{}
+	for _, im := range list {
+		out[im.ID] = true
+	}
+	return out
+}
+
+func containerIDs(t *testing.T) map[string]bool {
+	t.Helper()
+	list, err := api.ContainerList(ctx(), container.ListOptions{All: true})
+	must(t, err)
+	out := map[string]bool{}
+	for _, c := range list {
+		out[c.ID] = true
+	}
+	return out
+}
+
+func gone(before, after map[string]bool) map[string]bool {
+	out := map[string]bool{}
+	for id := range before {
+		if !after[id] {
+			out[id] = true
+		}
+	}
+	return out
+}
+
+func sameSet(a, b map[string]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id := range a {
+		if !b[id] {
+			return false
+		}
+	}
+	return true
+}
+
+func exactSeeds(t *testing.T) []uint64 {
+	if s := os.Getenv("DGP_SEEDS"); s != "" {
+		return seeds(t)
+	}
+	return []uint64{7, uint64(time.Now().UnixNano() % 100000)}
+}
+
+func TestPlanEqualsRemovalEqualsReport(t *testing.T) {
+	for _, seed := range exactSeeds(t) {
+		t.Run(fmt.Sprint("seed-", seed), func(t *testing.T) { exactWorld(t, seed) })
+	}
+}
+
+func exactWorld(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, seed^0xe4ac7))
+	ensureSleeperImage(t)
+	// Classic-builder chains, each re-built under its tag so the first build is left dangling with
+	// its untagged parents; the second build differs from the first at f1 (its parents go too) or
+	// only at f2 (the shared parent stays).
+	chains := 1 + rng.IntN(3)
+	for i := range chains {
+		tag := "dgp-chain:" + randomHex(4)
+		chain := randomHex(4)
+		f1 := []byte(randomHex(64))
+		first := legacyChain(t, tag, chain, f1, []byte(randomHex(64)))
+		if rng.IntN(2) == 0 {
+			f1 = []byte(randomHex(64))
+		}
+		second := legacyChain(t, tag, chain, f1, []byte(randomHex(64)))
+		t.Cleanup(func() {
+			for _, id := range []string{second, first} {
+				_, _ = api.ImageRemove(ctx(), id, image.RemoveOptions{Force: true, PruneChildren: true})
+			}
+		})
+		if i == 0 && rng.IntN(2) == 0 {
+			// A stopped container of the dangling build keeps it and its parents.
+			makeContainer(t, containerSpec{image: first})
+		}
+	}
+	for range rng.IntN(3) {
+		retagToDangling(t, time.Now().Add(-time.Hour))
+	}
+	// Containers before the cutoff: created, exited, paused, running.
+	for range 2 + rng.IntN(4) {
+		switch rng.IntN(4) {
+		case 0:
+			makeContainer(t, containerSpec{})
+		case 1:
+			makeContainer(t, containerSpec{start: true, cmd: []string{"/sleeper", "exit"}})
+		case 2:
+			id := makeContainer(t, containerSpec{start: true})
+			must(t, api.ContainerPause(ctx(), id))
+			t.Cleanup(func() { _ = api.ContainerUnpause(ctx(), id) })
+		default:
+			makeContainer(t, containerSpec{start: true})
+		}
+	}
+	cutoff := time.Now().Truncate(time.Second).Add(time.Second)
+	// Images in the cutoff's own second: at the cutoff exactly (the engine removes it), half a
+	// second after (it stays); and one well before, one well after.
+	danglingImage(t, cutoff, nil)
+	danglingImage(t, cutoff.Add(500*time.Millisecond), nil)
+	danglingImage(t, cutoff.Add(-time.Hour), nil)
+	danglingImage(t, cutoff.Add(time.Hour), nil)
+	time.Sleep(time.Until(cutoff) + 1100*time.Millisecond)
+	// After the cutoff: a young created container and a young exited one stay.
+	makeContainer(t, containerSpec{})
+	makeContainer(t, containerSpec{start: true, cmd: []string{"/sleeper", "exit"}})
+	time.Sleep(500 * time.Millisecond) // let the exiting containers exit
+
+	env := map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": cutoff.UTC().Format(time.RFC3339)}
+	plan := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": env["PLUGIN_UNTIL"], "PLUGIN_DRY_RUN": "true"})
+	if plan.code != 0 || plan.report.Decision != plugin.DecisionDryRun {
+		t.Fatalf("dry run: exit %d decision %q", plan.code, plan.report.Decision)
+	}
+	imagesBefore, containersBefore := imageIDs(t), containerIDs(t)
+	real := runPlugin(t, env)
+	if real.code != 0 || real.report.Decision != plugin.DecisionPruned {
+		t.Fatalf("run: exit %d decision %q", real.code, real.report.Decision)
+	}
+	imagesGone, containersGone := gone(imagesBefore, imageIDs(t)), gone(containersBefore, containerIDs(t))
+	for _, c := range []struct {
+		phase string
+		gone  map[string]bool
+	}{{plugin.PhaseContainers, containersGone}, {plugin.PhaseImages, imagesGone}} {
+		planned, reported := phaseIDs(plan.report, c.phase), phaseIDs(real.report, c.phase)
+		if !sameSet(planned, c.gone) || !sameSet(reported, c.gone) {
+			t.Errorf("seed %d, %s: planned %d %v\nremoved %d %v\nreported %d %v", seed, c.phase,
+				len(planned), fmtSet(planned), len(c.gone), fmtSet(c.gone), len(reported), fmtSet(reported))
+		}
+	}
+	if len(imagesGone) == 0 || len(containersGone) == 0 {
+		t.Errorf("seed %d: the world left nothing to prune (%d images, %d containers): the comparison proves nothing", seed, len(imagesGone), len(containersGone))
+	}
+	images, _ := real.report.Phase(plugin.PhaseImages)
+	t.Logf("seed %d: %d chains; removed %d containers, %d images (%d layers besides)", seed, chains, len(containersGone), len(imagesGone), images.Layers)
+}

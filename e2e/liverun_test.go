@@ -1,0 +1,153 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/network"
+
+	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+)
+
+// The no-run gate's promise on the shapes operators run (docs/usage.md, "The no-run gate"):
+// created containers, compose projects about to start, the cc-ci run-stack pattern, and the CI's
+// own run label by default.
+
+// noRunEvidence is the no-run gate's reason and evidence, for messages and checks.
+func noRunEvidence(r result) string {
+	v, _ := r.report.Gate("no_run")
+	return v.Reason + "\n" + strings.Join(v.Evidence, "\n") + "\n" + strings.Join(v.Warnings, "\n")
+}
+
+// A compose project whose container is created (about to start) is a live run, with an exited
+// sibling; once the created container is older than until, it is abandoned and both are pruned.
+func TestCreatedComposeProjectIsLive(t *testing.T) {
+	project := "ci-proj-" + randomHex(4)
+	labels := map[string]string{"com.docker.compose.project": project}
+	created := makeContainer(t, containerSpec{name: project + "-app-1", labels: labels})
+	exited := makeContainer(t, containerSpec{name: project + "-db-1", labels: labels, start: true, cmd: []string{"/sleeper", "exit"}})
+	if !waitFor(t, 30*time.Second, "the sibling container exited", func() (bool, error) {
+		c, err := api.ContainerInspect(ctx(), exited)
+		return err == nil && !c.State.Running, err
+	}) {
+		t.FailNow()
+	}
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+
+	// until 24h: the created container is young, so the project is live.
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_STACK_PATTERN": "^ci-proj-"})
+	if r.code != 0 || r.report.Decision != "skipped: no_run" || !strings.Contains(noRunEvidence(r), `compose project "`+project+`"`) {
+		t.Fatalf("exit %d decision %q; want skipped by compose project %s:\n%s", r.code, r.report.Decision, project, noRunEvidence(r))
+	}
+	if !exists(t, "container", created) || !exists(t, "container", exited) || !exists(t, "image", old) {
+		t.Fatal("a skipped run removed something")
+	}
+
+	// until a moment after both were created: the created container never started in time, it is
+	// abandoned, and the container prune removes both as stopped.
+	time.Sleep(1100 * time.Millisecond)
+	until := time.Now().Add(-100 * time.Millisecond).UTC().Format(time.RFC3339Nano)
+	r = runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_STACK_PATTERN": "^ci-proj-", "PLUGIN_UNTIL": until})
+	if r.code != 0 || r.report.Decision != plugin.DecisionPruned {
+		t.Fatalf("exit %d decision %q; want pruned:\n%s", r.code, r.report.Decision, noRunEvidence(r))
+	}
+	if exists(t, "container", created) || exists(t, "container", exited) {
+		t.Error("the abandoned project's containers were not pruned")
+	}
+	if got := phaseIDs(r.report, plugin.PhaseContainers); !got[created] || !got[exited] {
+		t.Errorf("report lists %v, want both containers", fmtSet(got))
+	}
+}
+
+// A paused container matching the pattern, and a created one carrying a run label, hold the gate.
+func TestPausedAndCreatedAreLive(t *testing.T) {
+	name := "ci-paused-" + randomHex(4)
+	paused := makeContainer(t, containerSpec{name: name, start: true})
+	must(t, api.ContainerPause(ctx(), paused))
+	t.Cleanup(func() { _ = api.ContainerUnpause(ctx(), paused) })
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_STACK_PATTERN": "^ci-paused-"})
+	if r.report.Decision != "skipped: no_run" || !strings.Contains(noRunEvidence(r), `container "`+name+`" (paused)`) {
+		t.Fatalf("decision %q; want skipped by the paused container:\n%s", r.report.Decision, noRunEvidence(r))
+	}
+	must(t, api.ContainerUnpause(ctx(), paused))
+
+	key := "dgp.run." + randomHex(4)
+	makeContainer(t, containerSpec{labels: map[string]string{key: "1"}})
+	r = runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_RUN_LABELS": key})
+	if r.report.Decision != "skipped: no_run" || !strings.Contains(noRunEvidence(r), "carries run label "+key) {
+		t.Fatalf("decision %q; want skipped by the created container's run label:\n%s", r.report.Decision, noRunEvidence(r))
+	}
+}
+
+// ccciName is a name the cc-ci run-stack pattern matches, unique to this test.
+func ccciName() string {
+	return "x" + randomHex(2)[:3] + "-" + randomHex(3) + "_ci_commoninternet_net_"
+}
+
+const ccciPattern = `^[a-z0-9]{1,4}-[0-9a-f]{6}_ci_commoninternet_net_`
+
+// The cc-ci pattern, one string with a comma inside braces, closes the gate for a running
+// container and for a swarm service of a run stack.
+func TestCCCIPatternClosesGate(t *testing.T) {
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	name := ccciName() + "app"
+	makeContainer(t, containerSpec{name: name, start: true})
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_STACK_PATTERN": ccciPattern})
+	if r.report.Decision != "skipped: no_run" || !strings.Contains(noRunEvidence(r), `container "`+name+`" (running) matches "`+ccciPattern+`"`) {
+		t.Fatalf("decision %q; want skipped by %s matching the whole pattern:\n%s", r.report.Decision, name, noRunEvidence(r))
+	}
+	if !exists(t, "image", old) {
+		t.Fatal("a skipped run removed the old image")
+	}
+}
+
+func TestCCCIPatternServiceClosesGate(t *testing.T) {
+	service := ccciName() + "web"
+	makeService(t, serviceSpec{name: service, replicas: 1})
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_STACK_PATTERN": "^build-," + ccciPattern})
+	if !strings.HasPrefix(r.report.Decision, "skipped: no_run") || !strings.Contains(noRunEvidence(r), `swarm service "`+service+`"`) {
+		t.Fatalf("decision %q; want skipped by service %s:\n%s", r.report.Decision, service, noRunEvidence(r))
+	}
+}
+
+// Inside Drone with no run policy, io.drone.build.number is the default: another build's step
+// holds the gate, the plugin's own build does not, and the summary says which label was used.
+func TestDefaultRunLabelInsideDrone(t *testing.T) {
+	drone := map[string]string{"PLUGIN_FORCE": "true", "DRONE": "true", "DRONE_REPO": "me/repo", "DRONE_BUILD_NUMBER": "3"}
+	own := makeContainer(t, containerSpec{start: true, labels: map[string]string{"io.drone.repo.slug": "me/repo", "io.drone.build.number": "3"}})
+	r := runPlugin(t, drone)
+	if r.code != 0 || r.report.Decision == "skipped: no_run" || !strings.Contains(noRunEvidence(r), "default inside Drone") {
+		t.Fatalf("exit %d decision %q; the own build must not hold the gate, and the default must be named:\n%s", r.code, r.report.Decision, noRunEvidence(r))
+	}
+	must(t, api.ContainerRemove(ctx(), own, container.RemoveOptions{Force: true}))
+	makeContainer(t, containerSpec{labels: map[string]string{"io.drone.repo.slug": "other/repo", "io.drone.build.number": "3"}})
+	r = runPlugin(t, drone)
+	if r.report.Decision != "skipped: no_run" || !strings.Contains(noRunEvidence(r), "io.drone.build.number") {
+		t.Fatalf("decision %q; another repository's build (created, about to start) must hold the gate:\n%s", r.report.Decision, noRunEvidence(r))
+	}
+}
+
+// Inside Woodpecker with no run policy, wp_uuid is the default; the workflow's own containers
+// (on its default network) are ignored, another workflow's hold the gate.
+func TestDefaultRunLabelInsideWoodpecker(t *testing.T) {
+	prefix := "dgp-wf-" + randomHex(4)
+	ownNet, err := api.NetworkCreate(ctx(), prefix+"_default", network.CreateOptions{Labels: map[string]string{fixtureLabel: "true"}})
+	must(t, err)
+	t.Cleanup(func() { _ = api.NetworkRemove(ctx(), ownNet.ID) })
+	otherNet := makeNetwork(t)
+	env := map[string]string{"PLUGIN_FORCE": "true", "CI": "woodpecker", "CI_STEP_NAME": prefix + "_step_1", "DRONE_BUILD_NUMBER": "0"}
+
+	service := makeContainer(t, containerSpec{start: true, network: prefix + "_default", labels: map[string]string{"wp_uuid": randomHex(8)}})
+	r := runPlugin(t, env)
+	if r.code != 0 || r.report.Decision == "skipped: no_run" || !strings.Contains(noRunEvidence(r), "default inside Woodpecker") {
+		t.Fatalf("exit %d decision %q; the own workflow must not hold the gate:\n%s", r.code, r.report.Decision, noRunEvidence(r))
+	}
+	must(t, api.ContainerRemove(ctx(), service, container.RemoveOptions{Force: true}))
+	makeContainer(t, containerSpec{start: true, network: otherNet, labels: map[string]string{"wp_uuid": randomHex(8)}})
+	r = runPlugin(t, env)
+	if r.report.Decision != "skipped: no_run" || !strings.Contains(noRunEvidence(r), "wp_uuid") {
+		t.Fatalf("decision %q; another workflow must hold the gate:\n%s", r.report.Decision, noRunEvidence(r))
+	}
+}
