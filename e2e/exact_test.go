@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/build"
-	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/image"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
@@ -42,29 +41,6 @@ func legacyChain(t *testing.T, tag, chain string, f1, f2 []byte) string {
 	inspect, err := api.ImageInspect(ctx(), tag)
 	must(t, err)
 	return inspect.ID
-}
-
-// imageIDs lists every image ID, intermediate ones included.
-func imageIDs(t *testing.T) map[string]bool {
-	t.Helper()
-	list, err := api.ImageList(ctx(), image.ListOptions{All: true})
-	must(t, err)
-	out := map[string]bool{}
-	for _, im := range list {
-		out[im.ID] = true
-	}
-	return out
-}
-
-func containerIDs(t *testing.T) map[string]bool {
-	t.Helper()
-	list, err := api.ContainerList(ctx(), container.ListOptions{All: true})
-	must(t, err)
-	out := map[string]bool{}
-	for _, c := range list {
-		out[c.ID] = true
-	}
-	return out
 }
 
 func gone(before, after map[string]bool) map[string]bool {
@@ -164,12 +140,13 @@ func exactWorld(t *testing.T, seed uint64) {
 	if plan.code != 0 || plan.report.Decision != plugin.DecisionDryRun {
 		t.Fatalf("dry run: exit %d decision %q", plan.code, plan.report.Decision)
 	}
-	imagesBefore, containersBefore := imageIDs(t), containerIDs(t)
+	before := takeInventory(t)
 	real := runPlugin(t, env)
 	if real.code != 0 || real.report.Decision != plugin.DecisionPruned {
 		t.Fatalf("run: exit %d decision %q", real.code, real.report.Decision)
 	}
-	imagesGone, containersGone := gone(imagesBefore, imageIDs(t)), gone(containersBefore, containerIDs(t))
+	after := takeInventory(t)
+	imagesGone, containersGone := gone(before.images, after.images), gone(before.containers, after.containers)
 	for _, c := range []struct {
 		phase string
 		gone  map[string]bool

@@ -269,23 +269,15 @@ func (e *Engine) StoppedContainers(ctx context.Context, cutoff time.Time, labels
 	if err != nil {
 		return nil, e.failed("listing stopped containers (GET /containers/json)", err)
 	}
-	var out []Object
+	candidates := make([]listed, 0, len(list))
 	for _, c := range list {
-		o := Object{ID: c.ID, Name: containerName(c.Names), Size: c.SizeRw, Created: time.Unix(c.Created, 0)}
-		if c.Created == cutoff.Unix() {
-			inspect, err := e.api.ContainerInspect(qctx, c.ID)
-			if err != nil {
-				return nil, e.failed("reading a container's exact creation time (GET /containers/{id}/json)", err)
-			}
-			if o.Created, err = time.Parse(time.RFC3339Nano, inspect.Created); err != nil {
-				return nil, &RuntimeError{What: "reading container " + c.ID + "'s creation time", Err: err}
-			}
-		}
-		if !o.Created.After(cutoff) {
-			out = append(out, o)
-		}
+		candidates = append(candidates, listed{Object{ID: c.ID, Name: containerName(c.Names), Size: c.SizeRw}, c.Created,
+			func() (string, error) {
+				inspect, err := e.api.ContainerInspect(qctx, c.ID)
+				return inspect.Created, err
+			}})
 	}
-	return out, nil
+	return e.createdBy(candidates, cutoff)
 }
 
 // ImagesInUse lists the image IDs used by containers, running or stopped, other than the ones
@@ -318,23 +310,42 @@ func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []
 	if err != nil {
 		return nil, e.failed("listing dangling images (GET /images/json)", err)
 	}
-	var out []Object
+	candidates := make([]listed, 0, len(list))
 	for _, im := range list {
 		if im.Created <= 0 {
 			continue // no creation time: the engine never prunes such an image when until is set
 		}
-		o := Object{ID: im.ID, Size: im.Size, Created: time.Unix(im.Created, 0)}
-		if im.Created == cutoff.Unix() {
-			inspect, err := e.api.ImageInspect(qctx, im.ID)
+		candidates = append(candidates, listed{Object{ID: im.ID, Size: im.Size}, im.Created,
+			func() (string, error) { inspect, err := e.api.ImageInspect(qctx, im.ID); return inspect.Created, err }})
+	}
+	return e.createdBy(candidates, cutoff)
+}
+
+// listed is an object as a list gives it: its creation time in whole seconds, and how to ask for
+// the exact time.
+type listed struct {
+	Object
+	created int64
+	inspect func() (string, error)
+}
+
+// createdBy keeps the objects created at or before cutoff, as the engine decides: it compares the
+// exact time, so an object listed in the cutoff's own second is inspected.
+func (e *Engine) createdBy(candidates []listed, cutoff time.Time) ([]Object, error) {
+	var out []Object
+	for _, c := range candidates {
+		c.Created = time.Unix(c.created, 0)
+		if c.created == cutoff.Unix() {
+			exact, err := c.inspect()
 			if err != nil {
-				return nil, e.failed("reading an image's exact creation time (GET /images/{id}/json)", err)
+				return nil, e.failed("reading the exact creation time of "+c.ID, err)
 			}
-			if o.Created, err = time.Parse(time.RFC3339Nano, inspect.Created); err != nil {
-				return nil, &RuntimeError{What: "reading image " + im.ID + "'s creation time", Err: err}
+			if c.Created, err = time.Parse(time.RFC3339Nano, exact); err != nil {
+				return nil, &RuntimeError{What: "reading the creation time of " + c.ID, Err: err}
 			}
 		}
-		if !o.Created.After(cutoff) {
-			out = append(out, o)
+		if !c.Created.After(cutoff) {
+			out = append(out, c.Object)
 		}
 	}
 	return out, nil
