@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -253,8 +254,30 @@ func withLabels(f filters.Args, labels []gates.LabelSelector) filters.Args {
 	return f
 }
 
+// KeepLabel is the one label that keeps a container or an image from every prune, whatever its
+// value: each container and image prune carries a label!= filter for it, and no setting turns
+// that off. (Build-cache records carry no labels.)
+const KeepLabel = "drone-gated-prune.keep"
+
+// pruneFilters is what the container and image prunes are sent: the cutoff, the labels setting
+// and the keep label.
 func pruneFilters(cutoff time.Time, labels []gates.LabelSelector) filters.Args {
-	return withLabels(filters.NewArgs(filters.Arg("until", strconv.FormatInt(cutoff.Unix(), 10))), labels)
+	f := withLabels(filters.NewArgs(filters.Arg("until", strconv.FormatInt(cutoff.Unix(), 10))), labels)
+	f.Add("label!", KeepLabel)
+	return f
+}
+
+// PruneFilterText is the filters a container or image prune is sent, as the summary shows them.
+func PruneFilterText(cutoff time.Time, labels []gates.LabelSelector) []string {
+	f := pruneFilters(cutoff, labels)
+	var out []string
+	for _, key := range f.Keys() {
+		for _, v := range f.Get(key) {
+			out = append(out, key+"="+v)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // StoppedContainers lists what the container prune removes: created, exited and dead containers
@@ -271,6 +294,9 @@ func (e *Engine) StoppedContainers(ctx context.Context, cutoff time.Time, labels
 	}
 	candidates := make([]listed, 0, len(list))
 	for _, c := range list {
+		if _, keep := c.Labels[KeepLabel]; keep {
+			continue // the container list takes no label!= filter
+		}
 		candidates = append(candidates, listed{Object{ID: c.ID, Name: containerName(c.Names), Size: c.SizeRw}, c.Created,
 			func() (string, error) {
 				inspect, err := e.api.ContainerInspect(qctx, c.ID)
@@ -312,8 +338,10 @@ func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []
 	}
 	candidates := make([]listed, 0, len(list))
 	for _, im := range list {
-		if im.Created <= 0 {
-			continue // no creation time: the engine never prunes such an image when until is set
+		if _, keep := im.Labels[KeepLabel]; keep || im.Created <= 0 {
+			// Kept by label (the image list takes no label!= filter), or without a creation time,
+			// which the engine never prunes when until is set.
+			continue
 		}
 		candidates = append(candidates, listed{Object{ID: im.ID, Size: im.Size}, im.Created,
 			func() (string, error) { inspect, err := e.api.ImageInspect(qctx, im.ID); return inspect.Created, err }})
@@ -364,9 +392,9 @@ func (e *Engine) Images(ctx context.Context) ([]image.Summary, error) {
 	return list, nil
 }
 
-// UnusedBuildCache lists what the build-cache prune removes without --all: records not in use,
-// not shared with images, not internal or frontend, and last used before cutoff (or never).
-func (e *Engine) UnusedBuildCache(ctx context.Context, cutoff time.Time) ([]Object, error) {
+// BuildCache lists every build-cache record (GET /system/df, asking for build cache only where
+// the API version lets it: older engines ignore the type and compute everything).
+func (e *Engine) BuildCache(ctx context.Context) ([]*build.CacheRecord, error) {
 	ctx, cancel := e.query(ctx)
 	defer cancel()
 	var opts types.DiskUsageOptions
@@ -377,18 +405,113 @@ func (e *Engine) UnusedBuildCache(ctx context.Context, cutoff time.Time) ([]Obje
 	if err != nil {
 		return nil, e.failed("listing build cache (GET /system/df)", err)
 	}
+	return du.BuildCache, nil
+}
+
+// prunableCache reports whether the build-cache prune without --all may remove a record: not in
+// use, not shared with images, not internal or frontend.
+func prunableCache(r *build.CacheRecord) bool {
+	return !r.InUse && !r.Shared && r.Type != "internal" && r.Type != "frontend"
+}
+
+// UnusedBuildCache lists what the build-cache prune removes without --all: prunable records last
+// used before cutoff (or never).
+func (e *Engine) UnusedBuildCache(ctx context.Context, cutoff time.Time) ([]Object, error) {
+	records, err := e.BuildCache(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var out []Object
-	for _, r := range du.BuildCache {
-		if r.InUse || r.Shared || r.Type == "internal" || r.Type == "frontend" {
-			continue
+	for _, r := range records {
+		if prunableCache(r) && (r.LastUsedAt == nil || r.LastUsedAt.Before(cutoff)) {
+			out = append(out, Object{ID: r.ID, Name: r.Description, Size: r.Size, Created: r.CreatedAt})
 		}
-		if r.LastUsedAt != nil && !r.LastUsedAt.Before(cutoff) {
-			continue
-		}
-		out = append(out, Object{ID: r.ID, Name: r.Description, Size: r.Size, Created: r.CreatedAt})
 	}
 	return out, nil
 }
+
+// CacheUsage is the build cache's size as BuildKit counts it against a size limit, and the part a
+// prune may remove. Records shared with images are not counted: with them in the limit, BuildKit
+// stopped that much short of it (observed on Engine 20.10, docs/engine.md).
+type CacheUsage struct {
+	Total, Prunable int64
+}
+
+// BuildCacheUsage adds up the build cache's records.
+func (e *Engine) BuildCacheUsage(ctx context.Context) (CacheUsage, error) {
+	records, err := e.BuildCache(ctx)
+	var u CacheUsage
+	for _, r := range records {
+		if !r.Shared {
+			u.Total += max(r.Size, 0)
+		}
+		if prunableCache(r) {
+			u.Prunable += max(r.Size, 0)
+		}
+	}
+	return u, err
+}
+
+// PruneBuildCacheTo lets BuildKit remove least-recently-used prunable records until the whole
+// build cache fits limit bytes (POST /build/prune, never --all, no age filter): keep-storage below
+// API 1.48, max-used-space from 1.48, where keep-storage counts only when no reserved space is
+// sent.
+func (e *Engine) PruneBuildCacheTo(ctx context.Context, limit int64) ([]string, uint64, error) {
+	ctx, cancel := e.pruneContext(ctx)
+	defer cancel()
+	var opts build.CachePruneOptions
+	if versions.GreaterThanOrEqualTo(e.api.ClientVersion(), "1.48") {
+		opts.MaxUsedSpace = limit
+	} else {
+		opts.KeepStorage = limit
+	}
+	r, err := e.api.BuildCachePrune(ctx, opts)
+	if err != nil {
+		return nil, 0, e.pruneErr("pruning build cache to its budget (POST /build/prune)", err)
+	}
+	return r.CachesDeleted, r.SpaceReclaimed, nil
+}
+
+// SpaceHolders asks the engine what holds the space beyond the conservative tier (GET /system/df,
+// every type): tagged images no container uses, volumes, build cache in use. Advice only.
+func (e *Engine) SpaceHolders(ctx context.Context) (*SpaceAdvice, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	du, err := e.api.DiskUsage(ctx, types.DiskUsageOptions{})
+	if err != nil {
+		return nil, e.failed("asking what holds the space (GET /system/df)", err)
+	}
+	a := &SpaceAdvice{Volumes: len(du.Volumes)}
+	for _, im := range du.Images {
+		if im.Containers == 0 && referenced(*im) {
+			tags := slices.DeleteFunc(slices.Clone(im.RepoTags), func(t string) bool { return t == "<none>:<none>" })
+			name := strings.Join(tags, " ")
+			if name == "" {
+				name = strings.Join(im.RepoDigests, " ")
+			}
+			a.UnusedTagged = append(a.UnusedTagged, Object{ID: im.ID, Name: name, Size: im.Size, Created: time.Unix(im.Created, 0)})
+		}
+	}
+	sort.Slice(a.UnusedTagged, func(i, j int) bool { return a.UnusedTagged[i].Size > a.UnusedTagged[j].Size })
+	for _, im := range a.UnusedTagged {
+		a.UnusedTaggedBytes += max(im.Size, 0)
+	}
+	a.UnusedTagged = a.UnusedTagged[:min(len(a.UnusedTagged), adviceImages)]
+	for _, v := range du.Volumes {
+		if v.UsageData != nil {
+			a.VolumesBytes += max(v.UsageData.Size, 0)
+		}
+	}
+	for _, r := range du.BuildCache {
+		if r.InUse || r.Shared {
+			a.BuildCacheInUseBytes += max(r.Size, 0)
+		}
+	}
+	return a, nil
+}
+
+// adviceImages is how many of the largest unused tagged images the advice names.
+const adviceImages = 5
 
 // buildCacheMargin is added to the build-cache age: more than a request's latency to a local
 // daemon, far less than any `until` worth setting.

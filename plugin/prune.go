@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"time"
 
@@ -15,6 +16,8 @@ type pruning struct {
 	cutoff            time.Time
 	clockOffset       time.Duration
 	removedContainers map[string]bool
+	// cacheWouldRemove is what a dry run's build-cache phase would remove, for the budget phase.
+	cacheWouldRemove int64
 }
 
 // prunePhase carries out (or, in a dry run, lists) one phase.
@@ -24,14 +27,17 @@ func (r *Run) prunePhase(ctx context.Context, p *pruning, ph *PhaseReport) error
 		return r.pruneContainers(ctx, p, ph)
 	case PhaseImages:
 		return r.pruneImages(ctx, p, ph)
-	default:
+	case PhaseBuildCache:
 		return r.pruneBuildCache(ctx, p, ph)
+	default:
+		return r.pruneBuildCacheToBudget(ctx, p, ph)
 	}
 }
 
 // pruneContainers removes (or lists) stopped containers created at or before the cutoff.
 func (r *Run) pruneContainers(ctx context.Context, p *pruning, ph *PhaseReport) error {
 	p.removedContainers = map[string]bool{}
+	ph.Filters = PruneFilterText(p.cutoff, r.Config.Labels)
 	if r.Config.DryRun {
 		objs, err := r.Engine.StoppedContainers(ctx, p.cutoff, r.Config.Labels)
 		if err != nil {
@@ -61,6 +67,7 @@ func (r *Run) pruneContainers(ctx context.Context, p *pruning, ph *PhaseReport) 
 // untagged parents the engine deletes along with them. Every image ID the engine reports deleted
 // is counted as an image; the other IDs it reports are layers.
 func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) error {
+	ph.Filters = append(PruneFilterText(p.cutoff, r.Config.Labels), "dangling=true")
 	all, err := r.Engine.Images(ctx)
 	if err != nil {
 		return err
@@ -101,17 +108,17 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 // pruneBuildCache removes (or lists) unused build cache last used before the cutoff; with labels
 // set it is skipped, since the engine ignores labels there and would prune outside them.
 func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *PhaseReport) error {
-	if len(r.Config.Labels) > 0 {
-		ph.Status = StatusSkipped
-		ph.Reason = "labels is set and the engine ignores labels when pruning build cache, so this phase would reach beyond them"
+	if skipForLabels(r.Config, ph) {
 		return nil
 	}
+	ph.Filters = []string{"until=" + p.cutoff.UTC().Format(time.RFC3339) + " (sent as its age on the daemon's clock)"}
 	if r.Config.DryRun {
 		objs, err := r.Engine.UnusedBuildCache(ctx, p.cutoff)
 		if err != nil {
 			return err
 		}
 		setObjects(ph, StatusWouldRemove, objs)
+		p.cacheWouldRemove = int64(ph.Bytes)
 		return nil
 	}
 	// The daemon's clock now, read from this host's, for the age the engine is sent.
@@ -126,6 +133,58 @@ func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *PhaseReport) 
 	setObjects(ph, StatusRemoved, objs)
 	ph.Bytes = bytes
 	return nil
+}
+
+// pruneBuildCacheToBudget lets BuildKit remove least-recently-used prunable build cache, whatever
+// its age, until the prunable part fits build_cache_budget; the records in use stay, so the limit
+// BuildKit is sent is the budget plus their size. A dry run says how much is over the
+// budget: BuildKit picks the records only when it prunes.
+func (r *Run) pruneBuildCacheToBudget(ctx context.Context, p *pruning, ph *PhaseReport) error {
+	if skipForLabels(r.Config, ph) {
+		return nil
+	}
+	usage, err := r.Engine.BuildCacheUsage(ctx)
+	if err != nil {
+		return err
+	}
+	budget := int64(r.Config.BuildCacheBudget)
+	prunable := usage.Prunable - p.cacheWouldRemove
+	limit := usage.Total - usage.Prunable + budget
+	ph.Filters = []string{fmt.Sprintf("limit=%s (build_cache_budget %s + %s in use)",
+		human(uint64(limit)), human(uint64(budget)), human(uint64(usage.Total-usage.Prunable)))}
+	switch {
+	case prunable <= budget:
+		ph.Status = StatusSkipped
+		ph.Reason = fmt.Sprintf("unused build cache (%s) is within build_cache_budget %s", human(uint64(max(prunable, 0))), human(uint64(budget)))
+		return nil
+	case r.Config.DryRun:
+		setObjects(ph, StatusWouldRemove, nil)
+		ph.Bytes = uint64(prunable - budget)
+		ph.Reason = fmt.Sprintf("unused build cache (%s) is over build_cache_budget %s; BuildKit picks the least recently used records when it prunes", human(uint64(prunable)), human(uint64(budget)))
+		return nil
+	}
+	ids, bytes, err := r.Engine.PruneBuildCacheTo(ctx, limit)
+	if err != nil {
+		return err
+	}
+	objs := make([]Object, 0, len(ids))
+	for _, id := range ids {
+		objs = append(objs, Object{ID: id})
+	}
+	setObjects(ph, StatusRemoved, objs)
+	ph.Bytes = bytes
+	return nil
+}
+
+// skipForLabels skips a build-cache phase when labels is set: the engine ignores labels there and
+// would prune beyond them.
+func skipForLabels(cfg Config, ph *PhaseReport) bool {
+	if len(cfg.Labels) == 0 {
+		return false
+	}
+	ph.Status = StatusSkipped
+	ph.Reason = "labels is set and the engine ignores labels when pruning build cache, so this phase would reach beyond them"
+	return true
 }
 
 func imageObject(im image.Summary) Object {

@@ -19,6 +19,9 @@ const (
 	PhaseContainers = "containers"
 	PhaseImages     = "images"
 	PhaseBuildCache = "build_cache"
+	// PhaseBuildCacheBudget runs only with build_cache_budget set: BuildKit removes least-recently
+	// used unused records until the build cache fits.
+	PhaseBuildCacheBudget = "build_cache_budget"
 )
 
 // Phase statuses.
@@ -35,9 +38,10 @@ const (
 
 // phaseClocks says which time `until` is compared with in each phase (see docs/engine.md).
 var phaseClocks = map[string]string{
-	PhaseContainers: "container created time",
-	PhaseImages:     "image config created time (build time)",
-	PhaseBuildCache: "build-cache record last-used time",
+	PhaseContainers:       "container created time",
+	PhaseImages:           "image config created time (build time)",
+	PhaseBuildCache:       "build-cache record last-used time",
+	PhaseBuildCacheBudget: "none: least recently used first, whatever its age",
 }
 
 // Report is everything one run did and why: the source of every summary renderer.
@@ -62,6 +66,9 @@ type Report struct {
 	// FailAbove is the ceiling; CeilingBreached says DiskAfter is at or above it.
 	FailAbove       float64 `json:"fail_above"`
 	CeilingBreached bool    `json:"ceiling_breached"`
+	// Advice says what holds the space beyond the conservative tier, when the disk is still under
+	// pressure after the prune (or in a dry run). Nothing it names is removed.
+	Advice *SpaceAdvice `json:"advice,omitempty"`
 	// Error is the one line that says what failed, for exit code 1.
 	Error           string    `json:"error,omitempty"`
 	ExitCode        int       `json:"exit_code"`
@@ -76,6 +83,8 @@ type PhaseReport struct {
 	Reason string `json:"reason,omitempty"`
 	// Clock is the time `until` compared against in this phase.
 	Clock string `json:"clock"`
+	// Filters are the filters the prune is sent (or, in a dry run, would be).
+	Filters []string `json:"filters,omitempty"`
 	// Objects are the containers, images or cache records removed or to be removed.
 	Objects []Object `json:"objects,omitempty"`
 	// Count is len(Objects); Bytes the space reclaimed as the engine reported it (or, in a dry
@@ -85,6 +94,19 @@ type PhaseReport struct {
 	// Untagged lists tags the image prune removed from in-use images; Layers the image layers freed.
 	Untagged []string `json:"untagged,omitempty"`
 	Layers   int      `json:"layers,omitempty"`
+}
+
+// SpaceAdvice is what holds the space beyond the conservative tier, as the engine counts it.
+type SpaceAdvice struct {
+	// UnusedTagged are the largest tagged images no container uses (at most adviceImages);
+	// UnusedTaggedBytes adds up all of them (layers shared between images count more than once).
+	UnusedTagged      []Object `json:"unused_tagged_images"`
+	UnusedTaggedBytes int64    `json:"unused_tagged_bytes"`
+	// Volumes and VolumesBytes are every volume and their total size.
+	Volumes      int   `json:"volumes"`
+	VolumesBytes int64 `json:"volumes_bytes"`
+	// BuildCacheInUseBytes is build cache in use or shared with images.
+	BuildCacheInUseBytes int64 `json:"build_cache_in_use_bytes"`
 }
 
 // Gate finds a verdict by gate name.

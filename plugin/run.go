@@ -30,20 +30,28 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 		Until: r.Config.Until.Raw, FailAbove: r.Config.FailAbove, StartedAt: start.UTC(), Daemon: r.Engine.Host()}
 	ctx, cancel := context.WithTimeoutCause(ctx, r.Config.Timeout, fmt.Errorf("timeout %s reached", r.Config.Timeout))
 	defer cancel()
-	err := r.finish(rep, r.gateAndPrune(ctx, rep))
+	err := r.finish(ctx, rep, r.gateAndPrune(ctx, rep))
 	rep.DurationSeconds = time.Since(start).Seconds()
 	return rep, err
 }
 
 // finish is every ending: measure again and check the ceiling (unless the first reading failed),
-// then record the outcome and its exit code.
-func (r *Run) finish(rep *Report, err error) error {
+// say what holds the space if the phases ran and the disk is still under pressure, then record
+// the outcome and its exit code.
+func (r *Run) finish(ctx context.Context, rep *Report, err error) error {
 	if rep.DiskBefore != nil {
 		if after, merr := Measure(rep.DiskBefore.Path, rep.DiskBefore.Why); merr == nil {
 			rep.DiskAfter = &after
 			rep.CeilingBreached = gates.CeilingBreached(after, r.Config.FailAbove)
 		} else if err == nil {
 			err = merr
+		}
+	}
+	if err == nil && len(rep.Phases) > 0 && r.underPressure(rep.DiskAfter) {
+		// Advice only: a failure to get it is logged, and the run's outcome stands.
+		if rep.Advice, err = r.Engine.SpaceHolders(ctx); err != nil {
+			r.Log.WithError(err).Warn("could not tell what holds the space")
+			err = nil
 		}
 	}
 	if err == nil && rep.CeilingBreached {
@@ -59,6 +67,17 @@ func (r *Run) finish(rep *Report, err error) error {
 		markNotRun(rep.Phases, "the run stopped before this phase")
 	}
 	return err
+}
+
+// underPressure reports whether the filesystem after the run still opens the disk gate by its
+// measure (force aside).
+func (r *Run) underPressure(fs *gates.Filesystem) bool {
+	if fs == nil {
+		return false
+	}
+	policy := r.Config.Disk
+	policy.Force = false
+	return gates.DiskPressure(*fs, policy).Open
 }
 
 // stopped turns a cancelled context into the error that says why the run stopped.
@@ -101,7 +120,7 @@ func (r *Run) gateAndPrune(ctx context.Context, rep *Report) error {
 func (r *Run) pruneInOrder(ctx context.Context, rep *Report, snap Snapshot) (string, error) {
 	p := &pruning{cutoff: r.Config.Until.Cutoff(snap.DaemonTime), clockOffset: snap.DaemonTime.Sub(snap.LocalTime)}
 	rep.Cutoff = &p.cutoff
-	rep.Phases = newPhases()
+	rep.Phases = newPhases(r.Config.BuildCacheBudget > 0)
 	for i := range rep.Phases {
 		ph := &rep.Phases[i]
 		if i > 0 {
@@ -145,9 +164,13 @@ func (r *Run) pruneInOrder(ctx context.Context, rep *Report, snap Snapshot) (str
 }
 
 // newPhases is the phases in the order they run, none run yet.
-func newPhases() []PhaseReport {
+func newPhases(budget bool) []PhaseReport {
+	names := []string{PhaseContainers, PhaseImages, PhaseBuildCache}
+	if budget {
+		names = append(names, PhaseBuildCacheBudget)
+	}
 	var out []PhaseReport
-	for _, name := range []string{PhaseContainers, PhaseImages, PhaseBuildCache} {
+	for _, name := range names {
 		out = append(out, PhaseReport{Phase: name, Clock: phaseClocks[name]})
 	}
 	return out

@@ -74,6 +74,8 @@ var Settings = []Setting{
 		set: func(c *Config, v string, _ time.Time) (err error) { c.SummaryFile, err = ParseOutputPath(v); return }},
 	{Key: "metrics_file", Usage: "also write Prometheus text-format metrics to this path",
 		set: func(c *Config, v string, _ time.Time) (err error) { c.MetricsFile, err = ParseOutputPath(v); return }},
+	{Key: "build_cache_budget", Usage: "with the disk gate open, also let BuildKit remove least-recently-used unused build cache until the unused cache fits this size (20GiB, 500MB)",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.BuildCacheBudget, err = ParseSize(v); return }},
 	// The env file is loaded before the settings are read (LoadEnvFile); here it only has to be given.
 	{Key: "env_file", Usage: "load settings from this env file first (values already in the environment win)",
 		set: func(*Config, string, time.Time) error { return nil }},
@@ -129,6 +131,9 @@ type Config struct {
 	// LogLevel and LogFormat configure logrus.
 	LogLevel  logrus.Level
 	LogFormat string
+	// BuildCacheBudget, when not zero, is the size unused build cache may keep once the disk gate
+	// is open: a phase after the build-cache phase removes the least recently used beyond it.
+	BuildCacheBudget uint64
 	// SummaryFile and MetricsFile are optional outputs.
 	SummaryFile string
 	MetricsFile string

@@ -83,11 +83,17 @@ func WriteText(w io.Writer, r *Report) error {
 			line += ": " + p.Reason
 		}
 		b.WriteString(line + "\n")
+		if len(p.Filters) > 0 && (p.Status == StatusRemoved || p.Status == StatusWouldRemove) {
+			fmt.Fprintf(&b, "               filters: %s\n", strings.Join(p.Filters, ", "))
+		}
 		if p.Status == StatusWouldRemove {
 			for _, o := range p.Objects {
 				fmt.Fprintf(&b, "               %s %s %s\n", shortID(o.ID), o.Name, human(uint64(max(o.Size, 0))))
 			}
 		}
+	}
+	if r.Advice != nil {
+		writeAdvice(&b, r)
 	}
 	if r.DiskBefore != nil {
 		fmt.Fprintf(&b, "disk before: %s\n", r.DiskBefore)
@@ -102,6 +108,23 @@ func WriteText(w io.Writer, r *Report) error {
 	fmt.Fprintf(&b, "duration: %.3fs; exit %d\n", r.DurationSeconds, r.ExitCode)
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeAdvice says what holds the space beyond the conservative tier. Nothing it names is removed.
+func writeAdvice(b *strings.Builder, r *Report) {
+	a := r.Advice
+	b.WriteString("still under disk pressure; beyond what this plugin prunes, the space is held by (advice only, nothing here is removed):\n")
+	fmt.Fprintf(b, "  tagged images no container uses: %s in all", human(uint64(a.UnusedTaggedBytes)))
+	if len(a.UnusedTagged) > 0 {
+		b.WriteString("; the largest:")
+	}
+	b.WriteString("\n")
+	for _, im := range a.UnusedTagged {
+		fmt.Fprintf(b, "    %s %s %s, created %s ago\n", shortID(im.ID), im.Name, human(uint64(max(im.Size, 0))),
+			units.HumanDuration(r.StartedAt.Sub(im.Created)))
+	}
+	fmt.Fprintf(b, "  volumes: %d, %s\n", a.Volumes, human(uint64(a.VolumesBytes)))
+	fmt.Fprintf(b, "  build cache in use or shared with images: %s\n", human(uint64(a.BuildCacheInUseBytes)))
 }
 
 func shortID(id string) string {
@@ -165,6 +188,14 @@ func cardData(r *Report) map[string]any {
 		"version": r.Version, "decision": r.Decision, "dry_run": r.DryRun, "gates": gatesData, "phases": phases,
 		"objects": count, "reclaimed": human(bytes), "reclaimed_bytes": bytes, "exit_code": r.ExitCode,
 		"duration": fmt.Sprintf("%.2fs", r.DurationSeconds), "error": r.Error,
+	}
+	if a := r.Advice; a != nil {
+		var names []string
+		for _, im := range a.UnusedTagged {
+			names = append(names, im.Name+" "+human(uint64(max(im.Size, 0))))
+		}
+		d["advice"] = fmt.Sprintf("still under pressure; held beyond the tier (not removed): tagged images no container uses %s (largest: %s); volumes %s; build cache in use %s",
+			human(uint64(a.UnusedTaggedBytes)), strings.Join(names, ", "), human(uint64(a.VolumesBytes)), human(uint64(a.BuildCacheInUseBytes)))
 	}
 	if r.DiskBefore != nil {
 		d["disk_path"] = r.DiskBefore.Path
