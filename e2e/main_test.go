@@ -3,7 +3,7 @@
 // (none is parallel); each creates the objects it relies on. Without an engine TestMain runs no
 // test and says so on stderr, unless DGP_REQUIRE_ENGINE=1 (CI), where a missing engine is a failure.
 //
-// docs/testing.md maps each behaviour of the contract (../shared/SPEC.md) to the tests that prove
+// docs/testing.md maps each behaviour of the contract (docs/spec.md) to the tests that prove
 // it, here and in the packages' unit tests, and lists the behaviours no test proves yet.
 package e2e
 

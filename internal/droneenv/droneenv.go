@@ -1,6 +1,7 @@
 // Package droneenv turns a step's `settings:` into the PLUGIN_* environment the way Drone's
 // docker runner does (drone-runner-docker internal/encoder), so tests can run the plugin exactly
-// as Drone would from a .drone.yml. See ../shared/notes/drone.md §1.
+// as Drone would from a .drone.yml (drone-runner-docker's settings encoder, engine/compiler/step.go
+// and internal/encoder/encoder.go in its sources).
 package droneenv
 
 import (
