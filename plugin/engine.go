@@ -273,6 +273,9 @@ func PruneFilterText(cutoff time.Time, labels []gates.LabelSelector) []string {
 	var out []string
 	for _, key := range f.Keys() {
 		for _, v := range f.Get(key) {
+			if key == "until" {
+				v = cutoff.UTC().Format(time.RFC3339) + " (sent as Unix time " + v + ")"
+			}
 			out = append(out, key+"="+v)
 		}
 	}

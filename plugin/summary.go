@@ -189,6 +189,7 @@ func cardData(r *Report) map[string]any {
 		"objects": count, "reclaimed": human(bytes), "reclaimed_bytes": bytes, "exit_code": r.ExitCode,
 		"duration": fmt.Sprintf("%.2fs", r.DurationSeconds), "error": r.Error,
 	}
+	d["advice"] = ""
 	if a := r.Advice; a != nil {
 		var names []string
 		for _, im := range a.UnusedTagged {
