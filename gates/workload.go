@@ -231,7 +231,7 @@ func LiveRuns(w Workload, p RunPolicy) Verdict {
 	}
 	sort.Strings(v.Evidence)
 	if len(v.Evidence) > 0 {
-		v.Reason = fmt.Sprintf("%d live run(s) found, looking for %s", len(v.Evidence), describePolicy(p))
+		v.Reason = fmt.Sprintf("live run found (%d match(es)), looking for %s", len(v.Evidence), describePolicy(p))
 		return v
 	}
 	v.Open = true
