@@ -127,6 +127,29 @@ func DiskPressure(fs Filesystem, p DiskPolicy) Verdict {
 	return v
 }
 
+// DiskPressureOn decides the disk gate over every filesystem that holds the engine's data
+// (readings most used first): the gate opens when any one of them is under pressure, and the
+// verdict is taken on that one, else on the most used; the others are listed as evidence. It
+// returns the filesystem the verdict was taken on.
+func DiskPressureOn(fss []Filesystem, p DiskPolicy) (Verdict, Filesystem) {
+	decider := 0
+	measured := p
+	measured.Force = false
+	for i, fs := range fss {
+		if DiskPressure(fs, measured).Open {
+			decider = i
+			break
+		}
+	}
+	v := DiskPressure(fss[decider], p)
+	for i, fs := range fss {
+		if i != decider {
+			v.Evidence = append(v.Evidence, "also measured: "+fs.String())
+		}
+	}
+	return v, fss[decider]
+}
+
 // CeilingBreached is the policy check made at every ending: the filesystem is still at or above
 // the fail_above percent.
 func CeilingBreached(fs Filesystem, failAbovePercent float64) bool {

@@ -1,9 +1,11 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"os"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
@@ -29,18 +31,69 @@ func Measure(path, why string) (gates.Filesystem, error) {
 	}, nil
 }
 
-// measureDisk picks the path (the setting, else the daemon's data root when visible here, else /)
-// and measures it. Only the data root costs a daemon call (GET /info).
-func (r *Run) measureDisk(ctx context.Context) (gates.Filesystem, error) {
+// dataPath is one path whose filesystem holds the engine's data, and why it is measured.
+type dataPath struct{ path, why string }
+
+// dataPaths picks what to measure: the disk_path setting alone; else the daemon's data root when it
+// is visible here (else /, see below) and, on the containerd image store, containerd's content and
+// snapshotter roots. Only the data root costs a daemon call (GET /info); containerd is asked over
+// its own socket.
+func (r *Run) dataPaths(ctx context.Context, rep *Report) ([]dataPath, error) {
 	if r.Config.DiskPath != "" {
-		return Measure(r.Config.DiskPath, "disk_path setting")
+		return []dataPath{{r.Config.DiskPath, "disk_path setting"}}, nil
 	}
-	root, err := r.Engine.DataRoot(ctx)
+	store, err := r.Engine.Store(ctx)
 	if err != nil {
-		return gates.Filesystem{}, err
+		return nil, err
 	}
-	if st, err := os.Stat(root); err == nil && st.IsDir() {
-		return Measure(root, "the daemon's data root, visible here")
+	rep.Store = store.String()
+	var paths []dataPath
+	if st, err := os.Stat(store.DataRoot); err == nil && st.IsDir() {
+		paths = append(paths, dataPath{store.DataRoot, "the daemon's data root, visible here"})
+	} else {
+		paths = append(paths, dataPath{"/", fmt.Sprintf("the daemon's data root %s is not visible here, so / is measured: in a container on overlay storage that is the filesystem holding the container's writable layer, normally the data root's", store.DataRoot)})
 	}
-	return Measure("/", fmt.Sprintf("the daemon's data root %s is not visible here, so / is measured: in a container on overlay storage that is the filesystem holding the container's writable layer, normally the data root's", root))
+	if !store.Containerd {
+		return paths, nil
+	}
+	qctx, cancel := r.Engine.query(ctx)
+	defer cancel()
+	roots, err := containerdRoots(qctx, store)
+	if err != nil {
+		rep.DiskWarnings = append(rep.DiskWarnings, "containerd image store: its roots could not be measured, only the data root was: "+err.Error())
+		return paths, nil
+	}
+	for _, root := range roots {
+		if st, err := os.Stat(root); err == nil && st.IsDir() {
+			paths = append(paths, dataPath{root, "containerd's root for image content or snapshots, as containerd reports it"})
+		} else {
+			rep.DiskWarnings = append(rep.DiskWarnings, "containerd's root "+root+" is not visible here and was not measured")
+		}
+	}
+	return paths, nil
+}
+
+// measureAll measures each path once per filesystem (paths on one device count once, the first
+// named) and returns the readings, the most used first.
+func measureAll(paths []dataPath) ([]gates.Filesystem, error) {
+	var out []gates.Filesystem
+	seen := map[uint64]bool{}
+	for _, p := range paths {
+		var st unix.Stat_t
+		if err := unix.Stat(p.path, &st); err != nil {
+			return nil, &RuntimeError{What: "measuring the filesystem of " + p.path, Err: err}
+		}
+		if seen[st.Dev] {
+			continue
+		}
+		seen[st.Dev] = true
+		fs, err := Measure(p.path, p.why)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, fs)
+	}
+	// The gate and the ceiling act on the worst filesystem: most used first.
+	slices.SortStableFunc(out, func(a, b gates.Filesystem) int { return cmp.Compare(b.UsedPercent(), a.UsedPercent()) })
+	return out, nil
 }

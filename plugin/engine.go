@@ -73,16 +73,16 @@ func (e *Engine) pruneContext(ctx context.Context) (context.Context, context.Can
 	return pctx, func() { stop(); cancel() }
 }
 
-// DataRoot asks the daemon where it keeps its data (GET /info), so the disk gate measures the
-// filesystem that fills up.
-func (e *Engine) DataRoot(ctx context.Context) (string, error) {
+// Store asks the daemon where and how it keeps its data (GET /info), so the disk gate measures
+// the filesystems that fill up.
+func (e *Engine) Store(ctx context.Context) (Store, error) {
 	ctx, cancel := e.query(ctx)
 	defer cancel()
 	info, err := e.api.Info(ctx)
 	if err != nil {
-		return "", e.failed("asking the daemon for its data root (GET /info)", err)
+		return Store{}, e.failed("asking the daemon for its data root (GET /info)", err)
 	}
-	return info.DockerRootDir, nil
+	return readStore(info), nil
 }
 
 // Snapshot is one look at what runs on the engine, with the daemon's clock at that moment.
@@ -93,6 +93,8 @@ type Snapshot struct {
 	LocalTime time.Time
 	// APIVersion is the negotiated Engine API version.
 	APIVersion string
+	// Store is the engine's image store.
+	Store Store
 }
 
 // Snapshot asks the daemon for its clock and swarm role (GET /info), the swarm services with
@@ -123,6 +125,7 @@ func (e *Engine) Snapshot(ctx context.Context) (Snapshot, error) {
 			Err: fmt.Errorf("this node's swarm state is %q %s", info.Swarm.LocalNodeState, info.Swarm.Error)}
 	}
 	s.Workload.Swarm = role
+	s.Store = readStore(info)
 	if s.Workload.Swarm == gates.SwarmManager {
 		services, err := e.services(ctx)
 		switch {
@@ -331,7 +334,7 @@ func (e *Engine) ImagesInUse(ctx context.Context, skip map[string]bool) (map[str
 // created at or before cutoff and carrying labels. In-use images are among them; the engine skips
 // those. An image listed in the cutoff's own second is inspected for its exact time, as the engine
 // compares that.
-func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector) ([]Object, error) {
+func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector, store Store) ([]Object, error) {
 	qctx, cancel := e.query(ctx)
 	defer cancel()
 	f := withLabels(filters.NewArgs(filters.Arg("dangling", "true")), labels)
@@ -349,7 +352,69 @@ func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []
 		candidates = append(candidates, listed{Object{ID: im.ID, Size: im.Size}, im.Created,
 			func() (string, error) { inspect, err := e.api.ImageInspect(qctx, im.ID); return inspect.Created, err }})
 	}
+	if store.Containerd {
+		return e.oldRecords(qctx, candidates, cutoff)
+	}
 	return e.createdBy(candidates, cutoff)
+}
+
+// oldRecords keeps, on the containerd image store, the images whose config created time and
+// record time (GET /images/{id}/json Metadata.LastTagTime: when the record was loaded, pulled,
+// tagged or left dangling) are both at or before cutoff. The store's own prune compares the record
+// time, which the list does not give; a backdated config alone does not make an image old here.
+func (e *Engine) oldRecords(ctx context.Context, candidates []listed, cutoff time.Time) ([]Object, error) {
+	var out []Object
+	for _, c := range candidates {
+		inspect, err := e.api.ImageInspect(ctx, c.ID)
+		if cerrdefs.IsNotFound(err) {
+			continue // removed since it was listed
+		}
+		if err != nil {
+			return nil, e.failed("reading image "+c.ID+"'s times (GET /images/{id}/json)", err)
+		}
+		created, err := time.Parse(time.RFC3339Nano, inspect.Created)
+		if err != nil {
+			return nil, &RuntimeError{What: "reading the creation time of " + c.ID, Err: err}
+		}
+		c.Created = created
+		if inspect.Metadata.LastTagTime.After(created) {
+			c.Created = inspect.Metadata.LastTagTime
+		}
+		if !c.Created.After(cutoff) {
+			out = append(out, c.Object)
+		}
+	}
+	return out, nil
+}
+
+// DeleteImages deletes images one by one (DELETE /images/{id}, never forced, untagged parents
+// with them), as the image phase does on the containerd image store: its prune endpoint drops the
+// leases of pulls in flight and makes them fail (moby/moby#53321), a single delete does not. An
+// image that became used or was deleted meanwhile is skipped, as the prune skips it.
+func (e *Engine) DeleteImages(ctx context.Context, ids []string) (deleted, untagged []string, err error) {
+	for _, id := range ids {
+		dctx, cancel := e.pruneContext(ctx)
+		items, err := e.api.ImageRemove(dctx, id, image.RemoveOptions{PruneChildren: true})
+		cancel()
+		switch {
+		case cerrdefs.IsConflict(err) || cerrdefs.IsNotFound(err):
+			continue
+		case err != nil:
+			return deleted, untagged, e.failed("deleting dangling image "+id+" (DELETE /images/{id})", err)
+		}
+		for _, d := range items {
+			if d.Deleted != "" {
+				deleted = append(deleted, d.Deleted)
+			}
+			if d.Untagged != "" {
+				untagged = append(untagged, d.Untagged)
+			}
+		}
+		if ctx.Err() != nil {
+			return deleted, untagged, ctx.Err()
+		}
+	}
+	return deleted, untagged, nil
 }
 
 // listed is an object as a list gives it: its creation time in whole seconds, and how to ask for

@@ -51,6 +51,7 @@ func metricFamilies(r *Report) []gauge {
 		{"drone_gated_prune_objects_removed", "Objects the last run removed (or would remove, in a dry run) per phase.", objects},
 		{"drone_gated_prune_bytes_reclaimed", "Bytes the last run reclaimed per phase, as the engine reported.", bytes},
 		{"drone_gated_prune_disk_used_percent", "Percent used of the measured filesystem.", disk},
+		{"drone_gated_prune_freed_bytes", "How much free space grew on the measured filesystems during the last run.", one(float64(r.FreedBytes))},
 	}
 }
 

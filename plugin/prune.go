@@ -16,6 +16,8 @@ type pruning struct {
 	cutoff            time.Time
 	clockOffset       time.Duration
 	removedContainers map[string]bool
+	// store is the engine's image store, which decides how images are pruned.
+	store Store
 	// cacheWouldRemove is what a dry run's build-cache phase would remove, for the budget phase.
 	cacheWouldRemove int64
 }
@@ -72,8 +74,8 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 	if err != nil {
 		return err
 	}
-	if r.Config.DryRun {
-		heads, err := r.Engine.DanglingImages(ctx, p.cutoff, r.Config.Labels)
+	if r.Config.DryRun || p.store.Containerd {
+		heads, err := r.Engine.DanglingImages(ctx, p.cutoff, r.Config.Labels, p.store)
 		if err != nil {
 			return err
 		}
@@ -81,8 +83,12 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 		if err != nil {
 			return err
 		}
-		setObjects(ph, StatusWouldRemove, imagePrunePlan(heads, all, inUse))
-		return nil
+		plan := imagePrunePlan(heads, all, inUse)
+		if r.Config.DryRun {
+			setObjects(ph, StatusWouldRemove, plan)
+			return nil
+		}
+		return r.deleteImages(ctx, plan, ph)
 	}
 	known := map[string]image.Summary{}
 	for _, im := range all {
@@ -103,6 +109,34 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 	setObjects(ph, StatusRemoved, objs)
 	ph.Untagged, ph.Bytes = untagged, bytes
 	return nil
+}
+
+// deleteImages deletes the planned images one by one (the containerd image store's way, see
+// Engine.DeleteImages) and reports what the engine deleted; the bytes are the deleted images'
+// listed sizes, as the engine reports none for a delete.
+func (r *Run) deleteImages(ctx context.Context, plan []Object, ph *PhaseReport) error {
+	ids := make([]string, 0, len(plan))
+	byID := map[string]Object{}
+	for _, o := range plan {
+		ids = append(ids, o.ID)
+		byID[o.ID] = o
+	}
+	deleted, untagged, err := r.Engine.DeleteImages(ctx, ids)
+	var objs []Object
+	for _, id := range deleted {
+		if o, ok := byID[id]; ok {
+			objs = append(objs, o)
+		} else {
+			ph.Layers++
+		}
+	}
+	setObjects(ph, StatusRemoved, objs)
+	for _, o := range objs {
+		ph.Bytes += uint64(max(o.Size, 0))
+	}
+	ph.Untagged = untagged
+	ph.Reason = "deleted one by one: on the containerd image store the prune endpoint makes pulls in flight fail (moby/moby#53321); bytes are the images' listed sizes"
+	return err
 }
 
 // pruneBuildCache removes (or lists) unused build cache last used before the cutoff; with labels

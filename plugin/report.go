@@ -36,10 +36,10 @@ const (
 	StatusInterrupted = "interrupted"
 )
 
-// phaseClocks says which time `until` is compared with in each phase (see docs/engine.md).
+// phaseClocks says which time `until` is compared with in each phase (see docs/engine.md); the
+// image phase's depends on the store (Store.ImageClock).
 var phaseClocks = map[string]string{
 	PhaseContainers:       "container created time",
-	PhaseImages:           "image config created time (build time)",
 	PhaseBuildCache:       "build-cache record last-used time",
 	PhaseBuildCacheBudget: "none: least recently used first, whatever its age",
 }
@@ -60,7 +60,21 @@ type Report struct {
 	// Gates holds the verdicts in the order evaluated; a gate not reached is absent.
 	Gates  []gates.Verdict `json:"gates"`
 	Phases []PhaseReport   `json:"phases"`
-	// DiskBefore and DiskAfter are the readings at the start and at the end.
+	// Store names the engine's image store (classic or containerd), when the run asked the daemon.
+	Store string `json:"store,omitempty"`
+	// Filesystems are the readings of every filesystem holding the engine's data at the start,
+	// the most used first; FilesystemsAfter the same at the end; DiskWarnings what could not be
+	// measured.
+	Filesystems      []gates.Filesystem `json:"filesystems,omitempty"`
+	FilesystemsAfter []gates.Filesystem `json:"filesystems_after,omitempty"`
+	DiskWarnings     []string           `json:"disk_warnings,omitempty"`
+	// FreedBytes is how much free space grew on those filesystems between the two readings: what
+	// the run really freed (others writing meanwhile count too), beside the engine's own figures.
+	FreedBytes int64 `json:"freed_bytes"`
+	// measured is what was measured, to measure it again at the end.
+	measured []dataPath
+	// DiskBefore and DiskAfter are the readings, at the start and at the end, of the filesystem
+	// the disk gate decided on.
 	DiskBefore *gates.Filesystem `json:"disk_before,omitempty"`
 	DiskAfter  *gates.Filesystem `json:"disk_after,omitempty"`
 	// FailAbove is the ceiling; CeilingBreached says DiskAfter is at or above it.

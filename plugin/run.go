@@ -40,9 +40,9 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 // the outcome and its exit code.
 func (r *Run) finish(ctx context.Context, rep *Report, err error) error {
 	if rep.DiskBefore != nil {
-		if after, merr := Measure(rep.DiskBefore.Path, rep.DiskBefore.Why); merr == nil {
-			rep.DiskAfter = &after
-			rep.CeilingBreached = gates.CeilingBreached(after, r.Config.FailAbove)
+		if after, merr := measureAll(rep.measured); merr == nil {
+			rep.FilesystemsAfter = after
+			r.compareDisk(rep)
 		} else if err == nil {
 			err = merr
 		}
@@ -55,8 +55,9 @@ func (r *Run) finish(ctx context.Context, rep *Report, err error) error {
 		}
 	}
 	if err == nil && rep.CeilingBreached {
+		worst := rep.FilesystemsAfter[0]
 		err = &PolicyError{Reason: fmt.Sprintf("%s is still %.1f%% used, at or above fail_above %g%%",
-			rep.DiskAfter.Path, rep.DiskAfter.UsedPercent(), r.Config.FailAbove)}
+			worst.Path, worst.UsedPercent(), r.Config.FailAbove)}
 	}
 	rep.ExitCode = ExitCode(err)
 	if err != nil {
@@ -67,6 +68,23 @@ func (r *Run) finish(ctx context.Context, rep *Report, err error) error {
 		markNotRun(rep.Phases, "the run stopped before this phase")
 	}
 	return err
+}
+
+// compareDisk reads the second measurement: the reading of the filesystem the gate decided on, the
+// ceiling on the worst filesystem, and the growth of free space on all of them (what a prune
+// really freed, beside what the engine reports).
+func (r *Run) compareDisk(rep *Report) {
+	before := map[string]gates.Filesystem{}
+	for _, fs := range rep.Filesystems {
+		before[fs.Path] = fs
+	}
+	for _, fs := range rep.FilesystemsAfter {
+		if fs.Path == rep.DiskBefore.Path {
+			rep.DiskAfter = &fs
+		}
+		rep.FreedBytes += int64(fs.FreeBytes) - int64(before[fs.Path].FreeBytes)
+	}
+	rep.CeilingBreached = gates.CeilingBreached(rep.FilesystemsAfter[0], r.Config.FailAbove)
 }
 
 // underPressure reports whether the filesystem after the run still opens the disk gate by its
@@ -89,12 +107,17 @@ func stopped(ctx context.Context, what string) error {
 // (waiting while Config.Wait lasts), then the prune phases.
 func (r *Run) gateAndPrune(ctx context.Context, rep *Report) error {
 	// The daily common case ends at the disk gate with at most one daemon call.
-	fs, err := r.measureDisk(ctx)
+	paths, err := r.dataPaths(ctx, rep)
 	if err != nil {
 		return err
 	}
+	rep.measured = paths
+	if rep.Filesystems, err = measureAll(paths); err != nil {
+		return err
+	}
+	disk, fs := gates.DiskPressureOn(rep.Filesystems, r.Config.Disk)
 	rep.DiskBefore = &fs
-	disk := gates.DiskPressure(fs, r.Config.Disk)
+	disk.Warnings = append(disk.Warnings, rep.DiskWarnings...)
 	rep.Gates = append(rep.Gates, disk)
 	r.logVerdict(disk)
 	if !disk.Open {
@@ -118,9 +141,10 @@ func (r *Run) gateAndPrune(ctx context.Context, rep *Report) error {
 // one after the first, and returns the decision. A phase another pruner holds (409) is skipped;
 // any other failure stops the run.
 func (r *Run) pruneInOrder(ctx context.Context, rep *Report, snap Snapshot) (string, error) {
-	p := &pruning{cutoff: r.Config.Until.Cutoff(snap.DaemonTime), clockOffset: snap.DaemonTime.Sub(snap.LocalTime)}
+	p := &pruning{cutoff: r.Config.Until.Cutoff(snap.DaemonTime), clockOffset: snap.DaemonTime.Sub(snap.LocalTime), store: snap.Store}
 	rep.Cutoff = &p.cutoff
-	rep.Phases = newPhases(r.Config.BuildCacheBudget > 0)
+	rep.Store = snap.Store.String()
+	rep.Phases = newPhases(r.Config.BuildCacheBudget > 0, snap.Store)
 	for i := range rep.Phases {
 		ph := &rep.Phases[i]
 		if i > 0 {
@@ -164,14 +188,18 @@ func (r *Run) pruneInOrder(ctx context.Context, rep *Report, snap Snapshot) (str
 }
 
 // newPhases is the phases in the order they run, none run yet.
-func newPhases(budget bool) []PhaseReport {
+func newPhases(budget bool, store Store) []PhaseReport {
 	names := []string{PhaseContainers, PhaseImages, PhaseBuildCache}
 	if budget {
 		names = append(names, PhaseBuildCacheBudget)
 	}
 	var out []PhaseReport
 	for _, name := range names {
-		out = append(out, PhaseReport{Phase: name, Clock: phaseClocks[name]})
+		clock := phaseClocks[name]
+		if name == PhaseImages {
+			clock = store.ImageClock()
+		}
+		out = append(out, PhaseReport{Phase: name, Clock: clock})
 	}
 	return out
 }

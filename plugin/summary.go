@@ -21,6 +21,14 @@ const CardSchema = "https://raw.githubusercontent.com/drone-gated-prune/drone-ga
 
 func human(b uint64) string { return units.BytesSize(float64(b)) }
 
+// signedHuman renders a change in bytes, which may be negative (others wrote meanwhile).
+func signedHuman(b int64) string {
+	if b < 0 {
+		return "-" + human(uint64(-b))
+	}
+	return human(uint64(b))
+}
+
 // WriteText writes the human summary block.
 func WriteText(w io.Writer, r *Report) error {
 	var b strings.Builder
@@ -60,8 +68,11 @@ func WriteText(w io.Writer, r *Report) error {
 			fmt.Fprintf(&b, "                   ! %s\n", w)
 		}
 	}
-	if r.DiskBefore != nil {
-		fmt.Fprintf(&b, "measured: %s (%s)\n", r.DiskBefore.Path, r.DiskBefore.Why)
+	for _, fs := range r.Filesystems {
+		fmt.Fprintf(&b, "measured: %s (%s)\n", fs.Path, fs.Why)
+	}
+	if r.Store != "" {
+		fmt.Fprintf(&b, "store: %s\n", r.Store)
 	}
 	if len(r.Phases) > 0 {
 		b.WriteString("phases:\n")
@@ -91,6 +102,10 @@ func WriteText(w io.Writer, r *Report) error {
 				fmt.Fprintf(&b, "               %s %s %s\n", shortID(o.ID), o.Name, human(uint64(max(o.Size, 0))))
 			}
 		}
+	}
+	if _, reported := r.Removed(); len(r.Phases) > 0 && !r.DryRun && r.DiskAfter != nil {
+		fmt.Fprintf(&b, "freed: free space grew by %s on the measured filesystems (the engine reported %s)\n",
+			signedHuman(r.FreedBytes), human(reported))
 	}
 	if r.Advice != nil {
 		writeAdvice(&b, r)
@@ -186,7 +201,8 @@ func cardData(r *Report) map[string]any {
 	count, bytes := r.Removed()
 	d := map[string]any{
 		"version": r.Version, "decision": r.Decision, "dry_run": r.DryRun, "gates": gatesData, "phases": phases,
-		"objects": count, "reclaimed": human(bytes), "reclaimed_bytes": bytes, "exit_code": r.ExitCode,
+		"objects": count, "reclaimed": human(bytes), "reclaimed_bytes": bytes, "freed": signedHuman(r.FreedBytes),
+		"store": r.Store, "exit_code": r.ExitCode,
 		"duration": fmt.Sprintf("%.2fs", r.DurationSeconds), "error": r.Error,
 	}
 	d["advice"] = ""
@@ -217,6 +233,7 @@ func Outputs(r *Report) map[string]string {
 		"OBJECTS_REMOVED": fmt.Sprint(count),
 		"BYTES_RECLAIMED": fmt.Sprint(bytes),
 		"DRY_RUN":         fmt.Sprint(r.DryRun),
+		"FREED_BYTES":     fmt.Sprint(r.FreedBytes),
 	}
 	for _, p := range r.Phases {
 		key := strings.ToUpper(p.Phase)
