@@ -8,7 +8,10 @@
 #
 #   scripts/test-engine.sh build                    build dockerd, docker-proxy, the containerd shim
 #                                                    and runc once; later calls reuse the binaries
-#   scripts/test-engine.sh start NAME [--classic]   start engine NAME; prints DOCKER_HOST=unix://...
+#   scripts/test-engine.sh start NAME [--classic] [--containerd-tmpfs=SIZE]
+#                                                    start engine NAME; prints DOCKER_HOST=unix://...;
+#                                                    --containerd-tmpfs puts containerd's root on a tmpfs
+#                                                    of SIZE (e.g. 160m), a filesystem apart from the data root
 #   scripts/test-engine.sh stop NAME | --all        stop it and remove its processes, mounts, cgroups,
 #                                                    network namespace and data (its log is kept);
 #                                                    --all means every engine under $DGP_RUN, whoever
@@ -320,15 +323,16 @@ start_failed() {
 cmd_start() {
 	need_root start
 	check_paths
-	local name="" classic=0 arg
+	local name="" classic=0 ctmpfs="" arg
 	for arg in "$@"; do
 		case $arg in
 		--classic) classic=1 ;;
+		--containerd-tmpfs=*) ctmpfs=${arg#--containerd-tmpfs=} ;;
 		-*) die "start: unknown option $arg" ;;
 		*) [ -z "$name" ] || die "start: one engine name only"; name=$arg ;;
 		esac
 	done
-	[ -n "$name" ] || die "usage: test-engine.sh start NAME [--classic]"
+	[ -n "$name" ] || die "usage: test-engine.sh start NAME [--classic] [--containerd-tmpfs=SIZE]"
 	check_name "$name"
 	command -v docker >/dev/null || die "the docker CLI is needed to talk to the engine"
 
@@ -347,6 +351,15 @@ cmd_start() {
 	rm -rf --one-file-system "$dir"
 	mkdir -p "$dir"
 	write_daemon_json "$name" "$classic"
+	if [ -n "$ctmpfs" ]; then
+		# The embedded containerd keeps image content and snapshots under <data-root>/containerd/daemon:
+		# a small filesystem of its own there fills up while the data root does not.
+		# The data root is made a mount point first: dockerd bind-mounts a data root that is not one
+		# onto itself at start, which would hide a filesystem mounted beneath it.
+		mkdir -p "$dir/data/containerd/daemon"
+		mount --bind "$dir/data" "$dir/data"
+		mount -t tmpfs -o "size=$ctmpfs" tmpfs "$dir/data/containerd/daemon"
+	fi
 	printf '%s\n' "$([ "$classic" = 1 ] && echo "classic ($DGP_CLASSIC_DRIVER)" || echo containerd)" >"$dir/store"
 
 	t=$(now)
