@@ -28,7 +28,13 @@ type CIEnvironment struct {
 	CardPath string
 	// OutputFile is DRONE_OUTPUT (Harness CI): KEY=value lines.
 	OutputFile string
+	// Environ holds the variables that say which CI run this is (ciIdentity), for a fleet run to
+	// pass on to the nodes.
+	Environ map[string]string
 }
+
+// ciIdentity are the variables from which ReadCIEnvironment tells the CI and the own run.
+var ciIdentity = []string{"CI", "CI_SYSTEM_NAME", "CI_STEP_NAME", "DRONE", "DRONE_REPO", "DRONE_BUILD_NUMBER"}
 
 // woodpeckerStep is Woodpecker's internal step name, <workflow prefix>_step_<n> (also _services_<n>
 // and _clone[_<n>]), given to the step as CI_STEP_NAME by Woodpecker 1.x.
@@ -37,7 +43,10 @@ var woodpeckerStep = regexp.MustCompile(`^(.+)_(step|services|clone)(_[0-9]+)?$`
 // ReadCIEnvironment reads which CI the step runs in and how its own containers are recognised.
 // Woodpecker is checked first: it also sets Drone's DRONE_BUILD_NUMBER for compatibility.
 func ReadCIEnvironment(getenv func(string) string) CIEnvironment {
-	ci := CIEnvironment{CardPath: getenv("DRONE_CARD_PATH"), OutputFile: getenv("DRONE_OUTPUT")}
+	ci := CIEnvironment{CardPath: getenv("DRONE_CARD_PATH"), OutputFile: getenv("DRONE_OUTPUT"), Environ: map[string]string{}}
+	for _, k := range ciIdentity {
+		ci.Environ[k] = getenv(k)
+	}
 	switch {
 	case getenv("CI") == "woodpecker" || getenv("CI_SYSTEM_NAME") == "woodpecker":
 		ci.System, ci.RunLabel = CIWoodpecker, gates.WoodpeckerStepLabel

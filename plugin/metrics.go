@@ -41,7 +41,19 @@ func metricFamilies(r *Report) []gauge {
 	if r.DiskAfter != nil {
 		disk = append(disk, sample{map[string]string{"when": "after", "path": r.DiskAfter.Path}, r.DiskAfter.UsedPercent()})
 	}
+	var nodeExit, nodeObjects, nodeBytes []sample
+	if r.Fleet != nil {
+		for _, n := range r.Fleet.Nodes {
+			labels := map[string]string{"node": n.Node}
+			nodeExit = append(nodeExit, sample{labels, float64(n.ExitCode)})
+			nodeObjects = append(nodeObjects, sample{labels, float64(n.Objects)})
+			nodeBytes = append(nodeBytes, sample{labels, float64(n.Bytes)})
+		}
+	}
 	return []gauge{
+		{"drone_gated_prune_node_exit_code", "A fleet run's exit code on each node.", nodeExit},
+		{"drone_gated_prune_node_objects_removed", "Objects a fleet run removed on each node.", nodeObjects},
+		{"drone_gated_prune_node_bytes_reclaimed", "Bytes a fleet run reclaimed on each node, as its engine reported.", nodeBytes},
 		{"drone_gated_prune_last_run_timestamp_seconds", "Unix time the last run started.", one(float64(r.StartedAt.Unix()))},
 		{"drone_gated_prune_last_run_duration_seconds", "How long the last run took.", one(r.DurationSeconds)},
 		{"drone_gated_prune_last_run_exit_code", "Exit code of the last run.", one(float64(r.ExitCode))},

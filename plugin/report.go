@@ -12,6 +12,8 @@ const (
 	DecisionPruned    = "pruned"
 	DecisionDryRun    = "dry run"
 	DecisionError     = "error"
+	// DecisionFleet is a fleet run that ran on the nodes; each node's row has its own decision.
+	DecisionFleet = "fleet: ran on every node"
 )
 
 // Prune phases, in the order they run.
@@ -80,6 +82,8 @@ type Report struct {
 	// FailAbove is the ceiling; CeilingBreached says DiskAfter is at or above it.
 	FailAbove       float64 `json:"fail_above"`
 	CeilingBreached bool    `json:"ceiling_breached"`
+	// Fleet is a fleet run's job and per-node rows.
+	Fleet *FleetReport `json:"fleet,omitempty"`
 	// Advice says what holds the space beyond the conservative tier, when the disk is still under
 	// pressure after the prune (or in a dry run). Nothing it names is removed.
 	Advice *SpaceAdvice `json:"advice,omitempty"`

@@ -106,6 +106,9 @@ func stopped(ctx context.Context, what string) error {
 // gateAndPrune is the run's order: the disk-pressure gate, then the no-run and no-converge gates
 // (waiting while Config.Wait lasts), then the prune phases.
 func (r *Run) gateAndPrune(ctx context.Context, rep *Report) error {
+	if r.Config.Fleet {
+		return r.runFleet(ctx, rep)
+	}
 	// The daily common case ends at the disk gate with at most one daemon call.
 	paths, err := r.dataPaths(ctx, rep)
 	if err != nil {
@@ -124,7 +127,7 @@ func (r *Run) gateAndPrune(ctx context.Context, rep *Report) error {
 		rep.Decision = DecisionKeptCache
 		return nil
 	}
-	snap, closed, err := r.waitForGates(ctx, rep)
+	snap, closed, err := r.waitForGates(ctx, rep, nil)
 	if err != nil {
 		return err
 	}
@@ -215,15 +218,20 @@ func markNotRun(phases []PhaseReport, reason string) {
 
 // verdicts evaluates the no-run and no-converge gates on one snapshot. A created container counts
 // as a live run until it is as old as the prune's cutoff, on the daemon's clock.
-func (r *Run) verdicts(snap Snapshot) (runs, converge gates.Verdict) {
+func (r *Run) verdicts(snap Snapshot, view func(gates.Workload) gates.Workload) (runs, converge gates.Verdict) {
 	policy := r.Config.Runs
 	policy.AbandonedBefore = r.Config.Until.Cutoff(snap.DaemonTime)
-	return gates.LiveRuns(snap.Workload, policy), gates.Unconverged(snap.Workload)
+	w := snap.Workload
+	if view != nil {
+		w = view(w)
+	}
+	return gates.LiveRuns(w, policy), gates.Unconverged(w)
 }
 
 // waitForGates evaluates the no-run and no-converge gates, re-checking closed ones every
-// PollInterval while Config.Wait lasts. It returns the names of the gates still closed.
-func (r *Run) waitForGates(ctx context.Context, rep *Report) (Snapshot, []string, error) {
+// PollInterval while Config.Wait lasts, on the part of each snapshot that view keeps (nil: all of
+// it). It returns the names of the gates still closed.
+func (r *Run) waitForGates(ctx context.Context, rep *Report, view func(gates.Workload) gates.Workload) (Snapshot, []string, error) {
 	deadline := time.Now().Add(r.Config.Wait)
 	for {
 		snap, err := r.Engine.Snapshot(ctx)
@@ -233,7 +241,7 @@ func (r *Run) waitForGates(ctx context.Context, rep *Report) (Snapshot, []string
 			}
 			return snap, nil, err
 		}
-		runs, converge := r.verdicts(snap)
+		runs, converge := r.verdicts(snap, view)
 		closed := closedGates(runs, converge)
 		remaining := time.Until(deadline)
 		if len(closed) == 0 || remaining <= 0 {
@@ -261,7 +269,7 @@ func (r *Run) recheck(ctx context.Context, rep *Report) ([]string, error) {
 		}
 		return nil, err
 	}
-	runs, converge := r.verdicts(snap)
+	runs, converge := r.verdicts(snap, nil)
 	closed := closedGates(runs, converge)
 	if len(closed) > 0 {
 		// The summary shows what closed it, in place of the verdicts from the start.

@@ -3,6 +3,7 @@ package plugin
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
@@ -76,6 +77,12 @@ var Settings = []Setting{
 		set: func(c *Config, v string, _ time.Time) (err error) { c.MetricsFile, err = ParseOutputPath(v); return }},
 	{Key: "build_cache_budget", Usage: "with the disk gate open, also let BuildKit remove least-recently-used unused build cache until the unused cache fits this size (20GiB, 500MB)",
 		set: func(c *Config, v string, _ time.Time) (err error) { c.BuildCacheBudget, err = ParseSize(v); return }},
+	{Key: "fleet", Default: "false", Usage: "on a swarm manager: judge the cluster-wide gates here, then run the gated prune on every node as a global job", Bool: true,
+		set: func(c *Config, v string, _ time.Time) (err error) { c.Fleet, err = ParseBool(v); return }},
+	{Key: "fleet_image", Usage: "with fleet: the plugin image the nodes run (default: the image of the plugin's own container)",
+		set: func(c *Config, v string, _ time.Time) error { c.FleetImage = strings.TrimSpace(v); return nil }},
+	{Key: "fleet_socket", Default: "/var/run/docker.sock", Usage: "with fleet: the path of the Docker socket on every node",
+		set: func(c *Config, v string, _ time.Time) (err error) { c.FleetSocket, err = ParseSocketPath(v); return }},
 	// The env file is loaded before the settings are read (LoadEnvFile); here it only has to be given.
 	{Key: "env_file", Usage: "load settings from this env file first (values already in the environment win)",
 		set: func(*Config, string, time.Time) error { return nil }},
@@ -134,6 +141,13 @@ type Config struct {
 	// BuildCacheBudget, when not zero, is the size unused build cache may keep once the disk gate
 	// is open: a phase after the build-cache phase removes the least recently used beyond it.
 	BuildCacheBudget uint64
+	// Fleet runs the prune on every node of the swarm (FleetImage, FleetSocket: what they run and
+	// where their socket is).
+	Fleet       bool
+	FleetImage  string
+	FleetSocket string
+	// Raw is the settings as given, which a fleet run passes on to the nodes.
+	Raw map[string]string
 	// SummaryFile and MetricsFile are optional outputs.
 	SummaryFile string
 	MetricsFile string
@@ -145,7 +159,7 @@ type Config struct {
 // Config, reading each through its Setting's parser. The first invalid value is returned as a
 // *SettingError; nothing is contacted.
 func ParseConfig(raw map[string]string, now time.Time) (Config, error) {
-	var c Config
+	c := Config{Raw: maps.Clone(raw)}
 	for _, s := range Settings {
 		v, given := raw[s.Key]
 		if !given {
@@ -166,6 +180,8 @@ func ParseConfig(raw map[string]string, now time.Time) (Config, error) {
 	case c.Wait >= c.Timeout:
 		return Config{}, &SettingError{Key: "wait", Value: c.Wait.String(),
 			Accepted: fmt.Sprintf("a duration shorter than timeout (%s)", c.Timeout)}
+	case (c.FleetImage != "" || raw["fleet_socket"] != "") && !c.Fleet:
+		return Config{}, &SettingError{Key: "fleet_image", Value: c.FleetImage, Accepted: "fleet_image and fleet_socket only with fleet: true"}
 	case c.SummaryFile != "" && c.SummaryFile == c.MetricsFile:
 		return Config{}, &SettingError{Key: "metrics_file", Value: c.MetricsFile, Accepted: "a path other than summary_file"}
 	}
@@ -194,6 +210,14 @@ func ParseDiskPath(v string) (string, error) {
 		return "", errors.New(se.Accepted)
 	}
 	return v, nil
+}
+
+// ParseSocketPath accepts an absolute path (of the socket on the nodes; it need not exist here).
+func ParseSocketPath(v string) (string, error) {
+	if !filepath.IsAbs(v) {
+		return "", fmt.Errorf("an absolute path, like /var/run/docker.sock")
+	}
+	return filepath.Clean(v), nil
 }
 
 // ParseOutputPath accepts a file path whose directory exists.

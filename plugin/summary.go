@@ -68,6 +68,9 @@ func WriteText(w io.Writer, r *Report) error {
 			fmt.Fprintf(&b, "                   ! %s\n", w)
 		}
 	}
+	if r.Fleet != nil {
+		writeFleet(&b, r.Fleet)
+	}
 	for _, fs := range r.Filesystems {
 		fmt.Fprintf(&b, "measured: %s (%s)\n", fs.Path, fs.Why)
 	}
@@ -125,6 +128,23 @@ func WriteText(w io.Writer, r *Report) error {
 	return err
 }
 
+// writeFleet is a fleet run's table: a row per node, then the totals.
+func writeFleet(b *strings.Builder, f *FleetReport) {
+	fmt.Fprintf(b, "fleet: job %s (image %s) on %d node(s):\n", f.Service, f.Image, len(f.Nodes))
+	fmt.Fprintf(b, "  %-16s %-34s %7s %7s %8s %10s %4s\n", "node", "decision", "before", "after", "objects", "reclaimed", "exit")
+	objects, bytes := 0, uint64(0)
+	for _, n := range f.Nodes {
+		decision := n.Decision
+		if n.Problem != "" {
+			decision = "- " + n.Problem
+		}
+		fmt.Fprintf(b, "  %-16s %-34s %7s %7s %8d %10s %4d\n", n.Node, decision, n.DiskBefore, n.DiskAfter, n.Objects, human(n.Bytes), n.ExitCode)
+		objects += n.Objects
+		bytes += n.Bytes
+	}
+	fmt.Fprintf(b, "  total: %d object(s), %s\n", objects, human(bytes))
+}
+
 // writeAdvice says what holds the space beyond the conservative tier. Nothing it names is removed.
 func writeAdvice(b *strings.Builder, r *Report) {
 	a := r.Advice
@@ -159,6 +179,12 @@ func WriteJSONFile(path string, v any) error {
 	return atomicwriter.WriteFile(path, append(data, '\n'), 0o644)
 }
 
+// The card's frame on stdout: the runner captures what lies between them.
+const (
+	cardPrefix = "\x1b]1338;"
+	cardSuffix = "\x1b]0m"
+)
+
 // Card is what Drone's UI binds into the template named by Schema.
 type Card struct {
 	Schema string `json:"schema"`
@@ -183,7 +209,7 @@ func WriteCard(stdout io.Writer, path string, r *Report) error {
 	}
 	// The runner captures a write that starts with the prefix; the text summary before it ends
 	// with a newline, so the card also starts its own line.
-	_, err = io.WriteString(w, "\x1b]1338;"+base64.StdEncoding.EncodeToString(data)+"\x1b]0m\n")
+	_, err = io.WriteString(w, cardPrefix+base64.StdEncoding.EncodeToString(data)+cardSuffix+"\n")
 	return err
 }
 
@@ -213,6 +239,16 @@ func cardData(r *Report) map[string]any {
 		}
 		d["advice"] = fmt.Sprintf("still under pressure; held beyond the tier (not removed): tagged images no container uses %s (largest: %s); volumes %s; build cache in use %s",
 			human(uint64(a.UnusedTaggedBytes)), strings.Join(names, ", "), human(uint64(a.VolumesBytes)), human(uint64(a.BuildCacheInUseBytes)))
+	}
+	if r.Fleet != nil {
+		d["nodes"] = r.Fleet.Nodes
+		var objects int
+		var bytes uint64
+		for _, n := range r.Fleet.Nodes {
+			objects += n.Objects
+			bytes += n.Bytes
+		}
+		d["objects"], d["reclaimed"], d["reclaimed_bytes"] = objects, human(bytes), bytes
 	}
 	if r.DiskBefore != nil {
 		d["disk_path"] = r.DiskBefore.Path
