@@ -12,12 +12,21 @@
 #                                                    start engine NAME; prints DOCKER_HOST=unix://...;
 #                                                    --containerd-tmpfs puts containerd's root on a tmpfs
 #                                                    of SIZE (e.g. 160m), a filesystem apart from the data root
+#   scripts/test-engine.sh swarm NAME [--classic]   start engines NAME1..NAME3, each in its own network
+#                                                    and UTS namespace (hostname NAME<i>), cabled to a
+#                                                    bridge in a hub namespace, and make them a swarm of
+#                                                    3 managers; prints DOCKER_HOST_1..3=unix://... and
+#                                                    SWARM_NODES=NAME1,NAME2,NAME3
+#   scripts/test-engine.sh load NAME IMAGE          copy IMAGE from the system engine (docker save) into
+#                                                    every node of swarm NAME, or into engine NAME
+#   scripts/test-engine.sh link NAME I down|up      cut or restore the cable of swarm NAME's node I
 #   scripts/test-engine.sh stop NAME | --all        stop it and remove its processes, mounts, cgroups,
-#                                                    network namespace and data (its log is kept);
-#                                                    --all means every engine under $DGP_RUN, whoever
-#                                                    started it: give each user or CI job its own
-#                                                    DGP_RUN
-#   scripts/test-engine.sh status                   list the engines under $DGP_RUN
+#                                                    network namespace and data (its log is kept); for
+#                                                    a swarm, all its nodes and its hub namespace;
+#                                                    --all means every engine and swarm under $DGP_RUN,
+#                                                    whoever started it: give each user or CI job its
+#                                                    own DGP_RUN
+#   scripts/test-engine.sh status                   list the engines and swarms under $DGP_RUN
 #   scripts/test-engine.sh exec NAME CMD...         run CMD inside NAME's network namespace with
 #                                                    DOCKER_HOST set (for tests that serve on 127.0.0.1)
 #   scripts/test-engine.sh check-host               prove the system engine still runs a container on
@@ -28,6 +37,14 @@
 #   export "$(scripts/test-engine.sh start e29)"
 #   DGP_REQUIRE_ENGINE=1 go test -count=1 -skip TestImageAsDroneRunsIt ./e2e
 #   scripts/test-engine.sh stop e29 && scripts/test-engine.sh check-host
+# A swarm of 3 managers (docs/test-engines.md, "Swarms"):
+#   export $(scripts/test-engine.sh swarm fl)       # DOCKER_HOST_1..3, SWARM_NODES
+#   scripts/test-engine.sh load fl IMAGE            # from the system engine: nothing can be pulled
+#   DOCKER_HOST=$DOCKER_HOST_1 docker service create --mode global-job --no-resolve-image \
+#     --mount "type=bind,source=${DGP_RUN:-/tmp/dgp-engines}/{{.Node.Hostname}}/docker.sock,target=/var/run/docker.sock" IMAGE
+#     (each task gets its own node's socket; a plain /var/run/docker.sock is the system engine's)
+#   scripts/test-engine.sh link fl 3 down           # fl3 goes Down in `docker node ls` on fl1
+#   scripts/test-engine.sh stop fl
 # TestImageAsDroneRunsIt binds the host's /var/run/docker.sock into its plugin container, so on any
 # other engine it prunes the system engine: skip it. TestPruneKeepsCacheWarm serves a registry on
 # the test's 127.0.0.1, which the engine sees only when the tests run in its namespace:
@@ -246,7 +263,8 @@ cmd_build() {
 engine_host() { printf 'unix://%s/docker.sock' "$DGP_RUN/$1"; }
 # The machine-wide name of NAME's network namespace and cgroup parent. It carries a hash of
 # $DGP_RUN, so two state roots that both have an engine e29 never act on each other's.
-engine_tag() { printf 'dgp-%s-%s' "$1" "$(printf '%s' "$DGP_RUN" | sha256sum | cut -c1-6)"; }
+run_hash() { printf '%s' "$DGP_RUN" | sha256sum | cut -c1-6; }
+engine_tag() { printf 'dgp-%s-%s' "$1" "$(run_hash)"; }
 engine_netns() { engine_tag "$1"; }
 edocker() {
 	local name=$1
@@ -320,33 +338,19 @@ start_failed() {
 	die "$why (log: $DGP_RUN/$name/dockerd.log)"
 }
 
-cmd_start() {
-	need_root start
-	check_paths
-	local name="" classic=0 ctmpfs="" arg
-	for arg in "$@"; do
-		case $arg in
-		--classic) classic=1 ;;
-		--containerd-tmpfs=*) ctmpfs=${arg#--containerd-tmpfs=} ;;
-		-*) die "start: unknown option $arg" ;;
-		*) [ -z "$name" ] || die "start: one engine name only"; name=$arg ;;
-		esac
-	done
-	[ -n "$name" ] || die "usage: test-engine.sh start NAME [--classic] [--containerd-tmpfs=SIZE]"
-	check_name "$name"
-	command -v docker >/dev/null || die "the docker CLI is needed to talk to the engine"
-
-	local moby bin dir=$DGP_RUN/$name ns t pid i ver
+# prepare_engine NAME CLASSIC CTMPFS: everything before dockerd runs: the checks, a fresh state
+# directory with its daemon.json, and NAME's network namespace (loopback up). Sets ENGINE_BIN for
+# launch_engine.
+prepare_engine() {
+	local name=$1 classic=$2 ctmpfs=$3 moby dir=$DGP_RUN/$1 ns
 	ns=$(engine_netns "$name")
 	moby=$(wanted_moby)
-	bin=$(engine_dir_for "$moby")
-	[ -n "$bin" ] || die "no engine built from moby $moby under $DGP_CACHE/engine: run 'test-engine.sh build' first"
+	ENGINE_BIN=$(engine_dir_for "$moby")
+	[ -n "$ENGINE_BIN" ] || die "no engine built from moby $moby under $DGP_CACHE/engine: run 'test-engine.sh build' first"
 	[ -z "$(engine_pid "$name")" ] || die "engine $name is running: stop it first"
 	[ -z "$(mounts_under "$dir")" ] || die "mounts are left under $dir: run 'test-engine.sh stop $name'"
 	! netns_exists "$ns" || die "network namespace $ns exists: run 'test-engine.sh stop $name'"
-
-	local had_docker0=0
-	ip link show docker0 >/dev/null 2>&1 && had_docker0=1
+	! is_swarm "$name" || die "$name is a swarm: run 'test-engine.sh stop $name' first"
 
 	rm -rf --one-file-system "$dir"
 	mkdir -p "$dir"
@@ -362,18 +366,32 @@ cmd_start() {
 	fi
 	printf '%s\n' "$([ "$classic" = 1 ] && echo "classic ($DGP_CLASSIC_DRIVER)" || echo containerd)" >"$dir/store"
 
-	t=$(now)
 	ip netns add "$ns"
 	ip -n "$ns" link set lo up
 	! same_netns_as_host "/run/netns/$ns" || start_failed "$name" "refusing: /run/netns/$ns is the host's network namespace"
+}
+
+# launch_engine NAME [HOSTNAME]: starts NAME's dockerd in its namespace and waits until it answers.
+# With HOSTNAME, dockerd also gets a UTS namespace of its own (pinned on $DGP_RUN/NAME/uts) whose
+# hostname is HOSTNAME: a swarm names its nodes after their engines' hostnames.
+launch_engine() {
+	local name=$1 host=${2:-} dir=$DGP_RUN/$1 ns pid i ver t uts=() had_docker0=0
+	t=$(now)
+	ns=$(engine_netns "$name")
+	ip link show docker0 >/dev/null 2>&1 && had_docker0=1
+	if [ -n "$host" ]; then
+		: >"$dir/uts"
+		unshare --uts="$dir/uts" hostname "$host" || start_failed "$name" "could not make a UTS namespace for $name"
+		uts=(--uts="$dir/uts")
+	fi
 
 	# setsid: the engine outlives this shell and ignores the terminal's signals. setsid, nsenter and
 	# env all exec, so $! is dockerd's own PID. A clean environment keeps the caller's DOCKER_* and
 	# proxy variables out of the engine (DOCKER_CONTAINERD_ROOT, say, would move its containerd root);
 	# our bin directory comes first in PATH for runc and the shim.
-	setsid nsenter --net="/run/netns/$ns" env -i HOME=/root \
-		PATH="$bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
-		"$bin/dockerd" --config-file "$dir/daemon.json" >"$dir/dockerd.log" 2>&1 </dev/null &
+	setsid nsenter --net="/run/netns/$ns" "${uts[@]}" env -i HOME=/root \
+		PATH="$ENGINE_BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+		"$ENGINE_BIN/dockerd" --config-file "$dir/daemon.json" >"$dir/dockerd.log" 2>&1 </dev/null &
 	pid=$!
 	printf '%s\n' "$pid" >"$dir/launcher.pid"
 
@@ -388,7 +406,26 @@ cmd_start() {
 	if [ "$had_docker0" = 1 ] && ! ip link show docker0 >/dev/null 2>&1; then
 		say "WARNING: the host's docker0 disappeared while $name started"
 	fi
-	say "engine $name: Docker $ver, $(edocker "$name" info --format 'store {{.Driver}}{{range .DriverStatus}}, {{index . 0}}: {{index . 1}}{{end}}'), pid $pid, netns $ns, up in $(since "$t") s"
+	say "engine $name: Docker $ver, $(edocker "$name" info --format 'store {{.Driver}}{{range .DriverStatus}}, {{index . 0}}: {{index . 1}}{{end}}'), pid $pid, netns $ns${host:+, hostname $host}, up in $(since "$t") s"
+}
+
+cmd_start() {
+	need_root start
+	check_paths
+	local name="" classic=0 ctmpfs="" arg
+	for arg in "$@"; do
+		case $arg in
+		--classic) classic=1 ;;
+		--containerd-tmpfs=*) ctmpfs=${arg#--containerd-tmpfs=} ;;
+		-*) die "start: unknown option $arg" ;;
+		*) [ -z "$name" ] || die "start: one engine name only"; name=$arg ;;
+		esac
+	done
+	[ -n "$name" ] || die "usage: test-engine.sh start NAME [--classic] [--containerd-tmpfs=SIZE]"
+	check_name "$name"
+	command -v docker >/dev/null || die "the docker CLI is needed to talk to the engine"
+	prepare_engine "$name" "$classic" "$ctmpfs"
+	launch_engine "$name"
 	printf 'DOCKER_HOST=%s\n' "$(engine_host "$name")"
 }
 
@@ -476,7 +513,7 @@ stop_one() {
 	else
 		say "  WARNING: mounts remain under $dir; its data was kept"
 	fi
-	rm -f "$dir/docker.sock" "$dir/dockerd.pid" "$dir/launcher.pid"
+	rm -f "$dir/docker.sock" "$dir/dockerd.pid" "$dir/launcher.pid" "$dir/uts"
 
 	left=()
 	mapfile -t left < <(engine_leftovers "$name" | sort -un)
@@ -496,21 +533,53 @@ cmd_stop() {
 	need_root stop
 	check_paths
 	[ $# = 1 ] || die "usage: test-engine.sh stop NAME | --all"
-	local rc=0 d
+	local rc=0 d name ns done=" "
 	if [ "$1" = --all ]; then
+		# Swarms first (all their nodes at once), then the engines that were no swarm's node.
+		for d in "$DGP_RUN"/*/; do
+			[ -f "$d/swarm" ] || continue
+			name=$(basename "$d")
+			stop_swarm "$name" || rc=1
+			done+="$(swarm_nodes "$name" | tr '\n' ' ')"
+		done
+		# A hub whose swarm record is gone (its directory removed by hand) is not left behind either.
+		for ns in /run/netns/dgphub-*-"$(run_hash)"; do
+			[ -e "$ns" ] || continue
+			ns=${ns#/run/netns/dgphub-}
+			stop_swarm "${ns%-*}" || rc=1
+			done+="$(swarm_nodes "${ns%-*}" | tr '\n' ' ')"
+		done
 		for d in "$DGP_RUN"/*/; do
 			[ -f "$d/daemon.json" ] || continue
-			stop_one "$(basename "$d")" || rc=1
+			name=$(basename "$d")
+			[[ "$done" == *" $name "* ]] && continue
+			stop_one "$name" || rc=1
 		done
 		return "$rc"
 	fi
 	check_name "$1"
-	stop_one "$1"
+	# A stopped swarm keeps its swarm.log and no daemon.json: stopping it again checks its nodes.
+	if is_swarm "$1" || netns_exists "$(hub_netns "$1")" ||
+		{ [ -f "$DGP_RUN/$1/swarm.log" ] && [ ! -f "$DGP_RUN/$1/daemon.json" ]; }; then
+		stop_swarm "$1"
+	else
+		stop_one "$1"
+	fi
 }
 
 cmd_status() {
 	check_paths
-	local d name pid
+	local d name pid i links
+	for d in "$DGP_RUN"/*/; do
+		[ -f "$d/swarm" ] || continue
+		name=$(basename "$d")
+		links=""
+		for ((i = 1; i <= SWARM_SIZE; i++)); do
+			links+=" node$i:$(ip -n "$(hub_netns "$name")" -br link show "node$i" 2>/dev/null | awk '{ print $2 }' || true)"
+		done
+		printf '%-12s swarm    nodes %s  subnet %s.0/24  links%s\n' "$name" "$(swarm_nodes "$name" | paste -sd,)" \
+			"$(swarm_prefix "$name")" "$links"
+	done
 	for d in "$DGP_RUN"/*/; do
 		[ -f "$d/daemon.json" ] || continue
 		name=$(basename "$d")
@@ -531,8 +600,209 @@ cmd_exec() {
 	local name=$1
 	shift
 	check_name "$name"
+	! is_swarm "$name" || die "$name is a swarm: exec one of its nodes ($(swarm_nodes "$name" | paste -sd' '))"
 	[ -n "$(engine_pid "$name")" ] || die "engine $name is not running"
 	exec nsenter --net="/run/netns/$(engine_netns "$name")" env DOCKER_HOST="$(engine_host "$name")" "$@"
+}
+
+# ------------------------------------------------------------------------------------------ swarms
+
+# A swarm NAME is SWARM_SIZE engines NAME1..NAMEn, all managers. Each node is an ordinary engine of
+# this script (own network namespace, state under $DGP_RUN/NAME<i>, `exec NAME<i>` works) plus a UTS
+# namespace whose hostname is NAME<i>, because swarm names a node after its engine's hostname. The
+# nodes' eth0 are veths into a hub namespace, where their peers node1..nodeN hang on bridge br0.
+# Nodes have the addresses <swarm_prefix>.1..N/24; these exist only inside the swarm's namespaces.
+# The hub also keeps swarm traffic (2377/tcp cluster, 7946/tcp+udp gossip, 4789/udp VXLAN) away
+# from the host namespace, where the system engine may hold 2377 and 7946 itself. $DGP_RUN/NAME/swarm
+# records a running swarm.
+readonly SWARM_SIZE=3
+
+is_swarm() { [ -f "$DGP_RUN/$1/swarm" ]; }
+swarm_nodes() {
+	local i
+	for ((i = 1; i <= SWARM_SIZE; i++)); do printf '%s%s\n' "$1" "$i"; done
+}
+# "dgphub-": no engine's tag (dgp-NAME-<hash>) can take a hub's name.
+hub_netns() { printf 'dgphub-%s-%s' "$1" "$(run_hash)"; }
+# 10.213.<0-255>, from a hash of $DGP_RUN and NAME. Swarms cannot reach each other whatever their
+# subnets (each has its own hub), so this only keeps addresses in logs and node lists apart.
+swarm_prefix() { printf '10.213.%d' "$((16#$(printf '%s:%s' "$DGP_RUN" "$1" | sha256sum | cut -c1-2)))"; }
+
+# An EXIT trap while a swarm starts: whatever of it was started goes again.
+swarm_start_failed() {
+	[ -n "${SWARM_STARTING:-}" ] || return 0
+	local name=$SWARM_STARTING
+	SWARM_STARTING=""
+	say "swarm $name did not come up; stopping what was started (swarm log: $DGP_RUN/$name/swarm.log)"
+	tail -5 "$DGP_RUN/$name/swarm.log" >&2 2>/dev/null || true
+	stop_swarm "$name" || true
+}
+
+cmd_swarm() {
+	need_root swarm
+	check_paths
+	local name="" classic=0 arg
+	for arg in "$@"; do
+		case $arg in
+		--classic) classic=1 ;;
+		-*) die "swarm: unknown option $arg" ;;
+		*) [ -z "$name" ] || die "swarm: one swarm name only"; name=$arg ;;
+		esac
+	done
+	[ -n "$name" ] || die "usage: test-engine.sh swarm NAME [--classic]"
+	check_name "$name"
+	[ "${#name}" -le 23 ] || die "swarm name '$name': at most 23 characters (its nodes are $name<i>)"
+	command -v docker >/dev/null || die "the docker CLI is needed to talk to the engines"
+
+	# Every check before anything is made: a refused swarm must not touch what already runs.
+	local node hub prefix dir=$DGP_RUN/$name log i
+	hub=$(hub_netns "$name")
+	prefix=$(swarm_prefix "$name")
+	! is_swarm "$name" || die "swarm $name exists: run 'test-engine.sh stop $name' first"
+	! netns_exists "$hub" || die "network namespace $hub exists: run 'test-engine.sh stop $name'"
+	[ -z "$(engine_pid "$name")" ] && ! netns_exists "$(engine_netns "$name")" ||
+		die "an engine $name exists: run 'test-engine.sh stop $name' first"
+	[ -z "$(mounts_under "$dir")" ] || die "mounts are left under $dir: run 'test-engine.sh stop $name'"
+	for node in $(swarm_nodes "$name"); do
+		! is_swarm "$node" || die "node name $node is a swarm: stop it or pick another name"
+		[ -z "$(engine_pid "$node")" ] || die "engine $node is running: stop it first"
+		[ -z "$(mounts_under "$DGP_RUN/$node")" ] || die "mounts are left under $DGP_RUN/$node: run 'test-engine.sh stop $node'"
+		! netns_exists "$(engine_netns "$node")" || die "network namespace $(engine_netns "$node") exists: run 'test-engine.sh stop $node'"
+	done
+	[ -n "$(engine_dir_for "$(wanted_moby)")" ] ||
+		die "no engine built from moby $(wanted_moby) under $DGP_CACHE/engine: run 'test-engine.sh build' first"
+
+	local t0 t
+	t0=$(now)
+	rm -rf --one-file-system "$dir"
+	mkdir -p "$dir"
+	log=$dir/swarm.log
+	: >"$log"
+	printf 'nodes=%s\nsubnet=%s.0/24\nhub=%s\n' "$(swarm_nodes "$name" | paste -sd,)" "$prefix" "$hub" >"$dir/swarm"
+	SWARM_STARTING=$name
+	trap swarm_start_failed EXIT
+
+	ip netns add "$hub"
+	! same_netns_as_host "/run/netns/$hub" || die "refusing: /run/netns/$hub is the host's network namespace"
+	ip -n "$hub" link set lo up
+	ip -n "$hub" link add br0 type bridge
+	ip -n "$hub" link set br0 up
+	for ((i = 1; i <= SWARM_SIZE; i++)); do
+		node=$name$i
+		prepare_engine "$node" "$classic" ""
+		# Both ends are created inside namespaces (ip -n, peer netns by name): nothing in the host's.
+		ip -n "$hub" link add "node$i" type veth peer name eth0 netns "$(engine_netns "$node")"
+		ip -n "$hub" link set "node$i" master br0 up
+		ip -n "$(engine_netns "$node")" addr add "$prefix.$i/24" dev eth0
+		ip -n "$(engine_netns "$node")" link set eth0 up
+	done
+	# Side by side: a node that fails to start cleans up after itself, the trap does the rest.
+	local pids=() pid failed=0
+	for node in $(swarm_nodes "$name"); do
+		launch_engine "$node" "$node" &
+		pids+=("$!")
+	done
+	for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+	[ "$failed" = 0 ] || die "swarm $name: not every node started"
+	say "swarm $name: $SWARM_SIZE engines up in $(since "$t0") s"
+
+	t=$(now)
+	edocker "${name}1" swarm init --advertise-addr "$prefix.1" >>"$log" 2>&1 || die "swarm init on ${name}1 failed"
+	local token
+	token=$(edocker "${name}1" swarm join-token -q manager 2>>"$log") || die "no manager join token from ${name}1"
+	for ((i = 2; i <= SWARM_SIZE; i++)); do
+		edocker "$name$i" swarm join --token "$token" --advertise-addr "$prefix.$i" "$prefix.1:2377" >>"$log" 2>&1 ||
+			die "${name}$i could not join the swarm as a manager"
+	done
+	local ready=0 hosts
+	for ((i = 0; i < DGP_START_TIMEOUT * 10; i++)); do
+		ready=$(edocker "${name}1" node ls --format '{{.Status}} {{.Availability}} {{.ManagerStatus}}' 2>>"$log" |
+			grep -cE '^Ready Active (Leader|Reachable)$' || true)
+		[ "$ready" = "$SWARM_SIZE" ] && break
+		sleep 0.1
+	done
+	[ "$ready" = "$SWARM_SIZE" ] || die "swarm $name: $ready of $SWARM_SIZE managers Ready/Active after ${DGP_START_TIMEOUT}s"
+	hosts=$(edocker "${name}1" node ls --format '{{.Hostname}}' | sort | paste -sd,)
+	[ "$hosts" = "$(swarm_nodes "$name" | sort | paste -sd,)" ] || die "swarm $name: node hostnames are $hosts"
+	edocker "${name}1" node ls --format '{{.Hostname}}  {{.Status}} {{.Availability}} {{.ManagerStatus}}  {{.EngineVersion}}' |
+		sed 's/^/  /' >&2
+	SWARM_STARTING=""
+	trap - EXIT
+	say "swarm $name: $SWARM_SIZE managers Ready/Active on $prefix.0/24 (hub netns $hub), formed in $(since "$t") s; $(since "$t0") s in all"
+	for ((i = 1; i <= SWARM_SIZE; i++)); do printf 'DOCKER_HOST_%d=%s\n' "$i" "$(engine_host "$name$i")"; done
+	printf 'SWARM_NODES=%s\n' "$(swarm_nodes "$name" | paste -sd,)"
+}
+
+# Stops every node, side by side (each stop_one acts only on its own node's processes, mounts,
+# namespace and cgroups), then the hub. The dockerd that leaves the gossip cluster last waits 5 s for
+# peers that are gone ("timed out broadcasting node event"); one at a time, each would clean up
+# after the other.
+stop_swarm() {
+	local name=$1 hub node pid t rc=0 left=() pids=()
+	t=$(now)
+	hub=$(hub_netns "$name")
+	for node in $(swarm_nodes "$name"); do
+		stop_one "$node" &
+		pids+=("$!")
+	done
+	for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+	if netns_exists "$hub"; then
+		mapfile -t left < <(ip netns pids "$hub" 2>/dev/null | sort -un)
+		[ "${#left[@]}" = 0 ] || kill_pids 5 "${left[@]}"
+		ip netns delete "$hub" || true
+	fi
+	if netns_exists "$hub"; then
+		say "swarm $name: hub namespace $hub is left behind"
+		return 1
+	fi
+	rm -f "$DGP_RUN/$name/swarm"
+	say "swarm $name: stopped in $(since "$t") s"
+	return "$rc"
+}
+
+# load NAME IMAGE: the system engine's IMAGE into every node of swarm NAME (or into engine NAME).
+cmd_load() {
+	check_paths
+	[ $# = 2 ] || die "usage: test-engine.sh load NAME IMAGE"
+	local name=$1 image=$2 node t out targets=()
+	check_name "$name"
+	if is_swarm "$name"; then
+		mapfile -t targets < <(swarm_nodes "$name")
+	else
+		targets=("$name")
+	fi
+	for node in "${targets[@]}"; do
+		[ -n "$(engine_pid "$node")" ] || die "engine $node is not running"
+	done
+	t=$(now)
+	LOAD_TAR=$(mktemp "$DGP_RUN/$name/.load.XXXXXX")
+	trap 'rm -f "${LOAD_TAR:-/nonexistent}"' EXIT
+	docker --host "$DGP_SYSTEM_DOCKER_HOST" save -o "$LOAD_TAR" "$image" ||
+		die "docker save $image on the system engine ($DGP_SYSTEM_DOCKER_HOST) failed"
+	for node in "${targets[@]}"; do
+		out=$(edocker "$node" load -i "$LOAD_TAR" 2>&1) || die "docker load into $node failed: $out"
+		say "  $node: ${out//$'\n'/; }"
+	done
+	say "load: $image ($(du -h "$LOAD_TAR" | cut -f1)) into ${targets[*]} in $(since "$t") s"
+}
+
+# link NAME I down|up: pulls node I's cable out of the hub's bridge, or plugs it back in. Inside the
+# node, eth0 keeps its address and shows NO-CARRIER while the link is down.
+cmd_link() {
+	need_root link
+	check_paths
+	[ $# = 3 ] || die "usage: test-engine.sh link NAME I down|up"
+	local name=$1 i=$2 state=$3 hub
+	check_name "$name"
+	is_swarm "$name" || die "no swarm $name under $DGP_RUN"
+	[[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le "$SWARM_SIZE" ] || die "link: node number 1..$SWARM_SIZE, got '$i'"
+	case $state in
+	down | up) ;;
+	*) die "link: down or up, got '$state'" ;;
+	esac
+	hub=$(hub_netns "$name")
+	ip -n "$hub" link set "node$i" "$state"
+	say "swarm $name: link of $name$i is $state ($(ip -n "$hub" -br link show "node$i" | awk '{ print $2 }'))"
 }
 
 # ------------------------------------------------------------------------------------- check-host
@@ -610,6 +880,9 @@ main() {
 	stop) cmd_stop "$@" ;;
 	status) cmd_status "$@" ;;
 	exec) cmd_exec "$@" ;;
+	swarm) cmd_swarm "$@" ;;
+	load) cmd_load "$@" ;;
+	link) cmd_link "$@" ;;
 	check-host) cmd_check_host "$@" ;;
 	-h | --help | help) usage ;;
 	*)
