@@ -52,7 +52,11 @@ func WriteText(w io.Writer, r *Report) error {
 	b.WriteString("\ngates:\n")
 	for _, name := range []string{gates.DiskPressureGate, gates.NoRunGate, gates.NoConvergeGate} {
 		v, ok := r.Gate(name)
-		if !ok {
+		switch {
+		case !ok && r.Fleet != nil && name == gates.DiskPressureGate:
+			fmt.Fprintf(&b, "  %-13s  judged on each node\n", name)
+			continue
+		case !ok:
 			fmt.Fprintf(&b, "  %-13s  not evaluated\n", name)
 			continue
 		}

@@ -1,0 +1,274 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/swarm"
+	"github.com/docker/docker/client"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+)
+
+// Fleet (SPEC "Fleet"; docs/usage.md "Fleet: every node of a swarm") on a real 3-manager swarm that
+// scripts/test-engine.sh starts (three Docker 29 engines, each in its own network and UTS
+// namespace). It needs that script's engine built, so .ci/run runs it in a stage of its own with
+// DGP_FLEET=1; elsewhere it is skipped.
+
+type fleetSwarm struct {
+	name  string
+	nodes []*client.Client
+	hosts []string
+	env   map[string]string
+}
+
+func startSwarm(t *testing.T) *fleetSwarm {
+	t.Helper()
+	name := "fl" + randomHex(2)
+	out, err := exec.Command("bash", "../scripts/test-engine.sh", "swarm", name).Output()
+	if err != nil {
+		t.Fatalf("starting a 3-node swarm: %v\n%s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("bash", "../scripts/test-engine.sh", "stop", name).CombinedOutput(); err != nil {
+			t.Errorf("stopping swarm %s: %v\n%s", name, err, out)
+		}
+	})
+	s := &fleetSwarm{name: name}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && strings.HasPrefix(k, "DOCKER_HOST_") {
+			c, err := client.NewClientWithOpts(client.WithHost(v), client.WithAPIVersionNegotiation())
+			must(t, err)
+			t.Cleanup(func() { _ = c.Close() })
+			s.nodes = append(s.nodes, c)
+			s.hosts = append(s.hosts, v)
+		}
+	}
+	if len(s.nodes) != 3 {
+		t.Fatalf("want 3 nodes, got %q", out)
+	}
+	buildPluginImage(t)
+	ensureSleeperImage(t)
+	for _, image := range []string{pluginImageTag, sleeperImage} {
+		if out, err := exec.Command("bash", "../scripts/test-engine.sh", "load", name, image).CombinedOutput(); err != nil {
+			t.Fatalf("loading %s into the nodes: %v\n%s", image, err, out)
+		}
+	}
+	run := os.Getenv("DGP_RUN")
+	if run == "" {
+		run = "/tmp/dgp-engines"
+	}
+	s.env = map[string]string{"DOCKER_HOST": s.hosts[0], "PLUGIN_FLEET": "true", "PLUGIN_FLEET_IMAGE": pluginImageTag,
+		"PLUGIN_FLEET_SOCKET": run + "/{{.Node.Hostname}}/docker.sock", "PLUGIN_TIMEOUT": "2m"}
+	return s
+}
+
+// node i's name in the swarm.
+func (s *fleetSwarm) node(i int) string { return s.name + string(rune('1'+i)) }
+
+func (s *fleetSwarm) run(t *testing.T, extra map[string]string) result {
+	t.Helper()
+	env := map[string]string{}
+	for k, v := range s.env {
+		env[k] = v
+	}
+	for k, v := range extra {
+		env[k] = v
+	}
+	return runPlugin(t, env)
+}
+
+// nodeObjects are one node's fixtures: an old dangling image and an old stopped container (the
+// policy set), and a young dangling image and a tagged image that stay.
+type nodeObjects struct {
+	oldImage, oldContainer, youngImage, tagged string
+}
+
+// makeNodeObjects makes every node's fixtures and returns the cutoff that separates old from young.
+func (s *fleetSwarm) makeNodeObjects(t *testing.T) ([]nodeObjects, time.Time) {
+	t.Helper()
+	objs := make([]nodeObjects, len(s.nodes))
+	for i, c := range s.nodes {
+		ids, err := fixtures.Load(ctx(), c, fixtures.Image{Created: time.Now().Add(-48 * time.Hour), Labels: map[string]string{"dgp.node": s.node(i), "dgp.id": randomHex(4)}})
+		must(t, err)
+		objs[i].oldImage = ids[0]
+		created, err := c.ContainerCreate(ctx(), &container.Config{Image: sleeperImage, Cmd: []string{"/sleeper"}},
+			&container.HostConfig{NetworkMode: "none"}, nil, nil, "")
+		must(t, err)
+		objs[i].oldContainer = created.ID
+		tag := "dgp-kept:" + randomHex(4)
+		_, err = fixtures.Load(ctx(), c, fixtures.Image{Tag: tag, Created: time.Now().Add(-48 * time.Hour)})
+		must(t, err)
+		objs[i].tagged = tag
+	}
+	cutoff := waitPastCutoff()
+	for i, c := range s.nodes {
+		ids, err := fixtures.Load(ctx(), c, fixtures.Image{Created: time.Now().Add(time.Hour), Labels: map[string]string{"dgp.id": randomHex(4)}})
+		must(t, err)
+		objs[i].youngImage = ids[0]
+	}
+	return objs, cutoff
+}
+
+func present(t *testing.T, c *client.Client, kind, id string) bool {
+	t.Helper()
+	var err error
+	if kind == "image" {
+		_, err = c.ImageInspect(ctx(), id)
+	} else {
+		_, err = c.ContainerInspect(ctx(), id)
+	}
+	if err != nil && !client.IsErrNotFound(err) {
+		t.Fatalf("asking node for %s %s: %v", kind, id, err)
+	}
+	return err == nil
+}
+
+func rowsByNode(r result) map[string]plugin.NodeRow {
+	out := map[string]plugin.NodeRow{}
+	if r.report.Fleet != nil {
+		for _, n := range r.report.Fleet.Nodes {
+			out[n.Node] = n
+		}
+	}
+	return out
+}
+
+func TestFleet(t *testing.T) {
+	if os.Getenv("DGP_FLEET") != "1" {
+		t.Skip("needs a 3-node swarm of scripts/test-engine.sh engines: set DGP_FLEET=1 (.ci/run's fleet stage does)")
+	}
+	s := startSwarm(t)
+
+	t.Run("dry run lists each node's plan, then pressure prunes each node", func(t *testing.T) {
+		objs, cutoff := s.makeNodeObjects(t)
+		until := cutoff.UTC().Format(time.RFC3339)
+		plan := s.run(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": until, "PLUGIN_DRY_RUN": "true"})
+		rows := rowsByNode(plan)
+		for i := range s.nodes {
+			n := rows[s.node(i)]
+			if n.Decision != plugin.DecisionDryRun || n.Objects != 2 || n.ExitCode != 0 {
+				t.Errorf("dry run, node %s: %+v; want a dry run listing 2 objects", s.node(i), n)
+			}
+			if !present(t, s.nodes[i], "image", objs[i].oldImage) || !present(t, s.nodes[i], "container", objs[i].oldContainer) {
+				t.Errorf("the dry run removed something on %s", s.node(i))
+			}
+		}
+		if plan.code != 0 || len(rows) != 3 || !strings.Contains(plan.stdout, "fleet: job") {
+			t.Fatalf("dry run: exit %d, %d rows", plan.code, len(rows))
+		}
+
+		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": until})
+		rows = rowsByNode(r)
+		for i, c := range s.nodes {
+			n := rows[s.node(i)]
+			if n.Decision != plugin.DecisionPruned || n.Objects != 2 || n.ExitCode != 0 {
+				t.Errorf("node %s: %+v; want pruned, 2 objects", s.node(i), n)
+			}
+			if present(t, c, "image", objs[i].oldImage) || present(t, c, "container", objs[i].oldContainer) {
+				t.Errorf("node %s: the old dangling image or stopped container is still there", s.node(i))
+			}
+			if !present(t, c, "image", objs[i].youngImage) || !present(t, c, "image", objs[i].tagged) {
+				t.Errorf("node %s: the young dangling image or the tagged image was removed", s.node(i))
+			}
+		}
+		if r.code != 0 || r.report.Decision != plugin.DecisionFleet {
+			t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
+		}
+		if _, _, err := s.nodes[0].ServiceInspectWithRaw(ctx(), plugin.FleetService, swarm.ServiceInspectOptions{}); !client.IsErrNotFound(err) {
+			t.Errorf("the fleet job was not removed: %v", err)
+		}
+	})
+
+	t.Run("a run label on node 2 holds node 2 only", func(t *testing.T) {
+		key := "dgp.run." + randomHex(3)
+		c2 := s.nodes[1]
+		created, err := c2.ContainerCreate(ctx(), &container.Config{Image: sleeperImage, Cmd: []string{"/sleeper"}, Labels: map[string]string{key: "1"}},
+			&container.HostConfig{NetworkMode: "none"}, nil, nil, "")
+		must(t, err)
+		must(t, c2.ContainerStart(ctx(), created.ID, container.StartOptions{}))
+		t.Cleanup(func() { _ = c2.ContainerRemove(ctx(), created.ID, container.RemoveOptions{Force: true}) })
+		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_RUN_LABELS": key})
+		rows := rowsByNode(r)
+		if r.code != 0 || rows[s.node(1)].Decision != "skipped: no_run" || rows[s.node(0)].Decision != plugin.DecisionPruned || rows[s.node(2)].Decision != plugin.DecisionPruned {
+			t.Fatalf("exit %d; rows %+v; want node 2 skipped by no_run, the others pruned", r.code, rows)
+		}
+	})
+
+	t.Run("a converging service holds the whole fleet", func(t *testing.T) {
+		replicas := uint64(1)
+		resp, err := s.nodes[0].ServiceCreate(ctx(), swarm.ServiceSpec{
+			Annotations: swarm.Annotations{Name: "dgp-pending-" + randomHex(3)},
+			TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: sleeperImage, Command: []string{"/sleeper"}},
+				Placement: &swarm.Placement{Constraints: []string{"node.labels.dgp-nowhere==true"}}},
+			Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &replicas}},
+		}, swarm.ServiceCreateOptions{})
+		must(t, err)
+		t.Cleanup(func() { _ = s.nodes[0].ServiceRemove(ctx(), resp.ID) })
+		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true"})
+		if r.code != 0 || r.report.Decision != "skipped: no_converge" || r.report.Fleet != nil || !strings.Contains(r.stdout, "0/1 tasks running") {
+			t.Fatalf("exit %d decision %q fleet %+v; want the whole fleet skipped by the pending service", r.code, r.report.Decision, r.report.Fleet)
+		}
+	})
+
+	t.Run("a second fleet run is refused while one is in flight", func(t *testing.T) {
+		// A job of the fleet's name, as a run in flight leaves it (this one never ends by itself).
+		resp, err := s.nodes[0].ServiceCreate(ctx(), swarm.ServiceSpec{
+			Annotations: swarm.Annotations{Name: plugin.FleetService},
+			TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: sleeperImage, Command: []string{"/sleeper"}}},
+			Mode:         swarm.ServiceMode{GlobalJob: &swarm.GlobalJob{}},
+		}, swarm.ServiceCreateOptions{})
+		must(t, err)
+		t.Cleanup(func() { _ = s.nodes[0].ServiceRemove(ctx(), resp.ID) })
+		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true"})
+		if r.code != plugin.ExitRuntime || !strings.Contains(r.stderr, "another fleet run is in flight") {
+			t.Fatalf("exit %d; want 1 and the in-flight run named", r.code)
+		}
+		if _, _, err := s.nodes[0].ServiceInspectWithRaw(ctx(), resp.ID, swarm.ServiceInspectOptions{}); err != nil {
+			t.Errorf("the refused run touched the job in flight: %v", err)
+		}
+	})
+
+	t.Run("outside a swarm manager fleet is exit 2", func(t *testing.T) {
+		name := "flsolo" + randomHex(2)
+		out, err := exec.Command("bash", "../scripts/test-engine.sh", "start", name).Output()
+		if err != nil {
+			t.Fatalf("starting a lone engine: %v\n%s", err, out)
+		}
+		t.Cleanup(func() { _ = exec.Command("bash", "../scripts/test-engine.sh", "stop", name).Run() })
+		r := s.run(t, map[string]string{"DOCKER_HOST": strings.TrimPrefix(strings.TrimSpace(string(out)), "DOCKER_HOST="), "PLUGIN_FORCE": "true"})
+		if r.code != plugin.ExitInvalid || !strings.Contains(r.stderr, "fleet") || !strings.Contains(r.stderr, "swarm manager") {
+			t.Fatalf("exit %d; want 2 naming fleet and the swarm manager", r.code)
+		}
+	})
+
+	t.Run("a node whose link is down is named and fails the run", func(t *testing.T) {
+		if out, err := exec.Command("bash", "../scripts/test-engine.sh", "link", s.name, "3", "down").CombinedOutput(); err != nil {
+			t.Fatalf("cutting node 3: %v\n%s", err, out)
+		}
+		t.Cleanup(func() { _ = exec.Command("bash", "../scripts/test-engine.sh", "link", s.name, "3", "up").Run() })
+		if !waitFor(t, 60*time.Second, "node 3 shows Down on node 1", func() (bool, error) {
+			nodes, err := s.nodes[0].NodeList(ctx(), swarm.NodeListOptions{})
+			for _, n := range nodes {
+				if n.Description.Hostname == s.node(2) {
+					return n.Status.State == swarm.NodeStateDown, nil
+				}
+			}
+			return false, err
+		}) {
+			t.FailNow()
+		}
+		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true"})
+		rows := rowsByNode(r)
+		down := rows[s.node(2)]
+		if r.code != plugin.ExitRuntime || !strings.Contains(down.Problem, "down") || down.ExitCode != plugin.ExitRuntime ||
+			rows[s.node(0)].Decision != plugin.DecisionPruned || !strings.Contains(r.stderr, s.node(2)) {
+			t.Fatalf("exit %d; rows %+v; want exit 1 naming %s as down, the others pruned", r.code, rows, s.node(2))
+		}
+	})
+}
