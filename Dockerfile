@@ -19,7 +19,7 @@
 # target uses; the legacy builder would also run the host stage and fail without dist/.
 # plugins/docker and Docker CLI 23+ with buildx use BuildKit for `docker build`.
 
-ARG GO_IMAGE=golang:1.26
+ARG GO_IMAGE=golang:1.26.8-bookworm
 
 # meta: labels and entrypoint shared by both final images.
 FROM scratch AS meta

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/build"
+	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/image"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
@@ -18,9 +19,10 @@ import (
 )
 
 // Exact plan and exact report (docs/usage.md, "Dry run and report"): on a random world with
-// classic-builder chains, re-tags, created, exited and paused containers and images created in the
-// cutoff's own second, the dry run's plan, the set that disappears from the engine's listings and
-// the set the real run reports are the same, by ID.
+// classic-builder chains, re-tags, created, exited and paused containers and images created (in
+// their config, or on the containerd store loaded) in the cutoff's own second, the dry run's plan,
+// the set that disappears from the engine's listings and the set the real run reports are the
+// same, by ID.
 
 // legacyChain builds FROM the sleeper image with the classic builder, which keeps one untagged
 // intermediate image per step as the parent of the next; it returns the built image's ID.
@@ -98,6 +100,12 @@ func exactWorld(t *testing.T, seed uint64) {
 			for _, id := range []string{second, first} {
 				_, _ = api.ImageRemove(ctx(), id, image.RemoveOptions{Force: true, PruneChildren: true})
 			}
+			// The containerd store deletes an image's untagged parents only while every one of them is
+			// still there: remove what is left of the chain by its label.
+			left, _ := api.ImageList(ctx(), image.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "dgp.chain="+chain))})
+			for _, im := range left {
+				_, _ = api.ImageRemove(ctx(), im.ID, image.RemoveOptions{Force: true, PruneChildren: true})
+			}
 		})
 		if i == 0 && rng.IntN(2) == 0 {
 			// A stopped container of the dangling build keeps it and its parents.
@@ -129,6 +137,11 @@ func exactWorld(t *testing.T, seed uint64) {
 	danglingImage(t, cutoff.Add(500*time.Millisecond), nil)
 	danglingImage(t, cutoff.Add(-time.Hour), nil)
 	danglingImage(t, cutoff.Add(time.Hour), nil)
+	// In the cutoff's own second, after it: an image whose config is an hour older. The classic store
+	// compares the config (old: it goes), the containerd store also its record, made now (young: it
+	// stays).
+	time.Sleep(time.Until(cutoff) + 100*time.Millisecond)
+	late := danglingImage(t, cutoff.Add(-time.Hour), nil)
 	time.Sleep(time.Until(cutoff) + 1100*time.Millisecond)
 	// After the cutoff: a young created container and a young exited one stay.
 	makeContainer(t, containerSpec{})
@@ -156,6 +169,10 @@ func exactWorld(t *testing.T, seed uint64) {
 			t.Errorf("seed %d, %s: planned %d %v\nremoved %d %v\nreported %d %v", seed, c.phase,
 				len(planned), fmtSet(planned), len(c.gone), fmtSet(c.gone), len(reported), fmtSet(reported))
 		}
+	}
+	if imagesGone[late] == containerdStore {
+		t.Errorf("seed %d: the image loaded after the cutoff with a config an hour before it was removed=%v; on the %s store want %v",
+			seed, imagesGone[late], storeName(), !containerdStore)
 	}
 	if len(imagesGone) == 0 || len(containersGone) == 0 {
 		t.Errorf("seed %d: the world left nothing to prune (%d images, %d containers): the comparison proves nothing", seed, len(imagesGone), len(containersGone))

@@ -19,6 +19,7 @@ import (
 	"github.com/docker/docker/api/types/image"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/swarm"
+	"github.com/docker/docker/api/types/system"
 	"github.com/docker/docker/api/types/volume"
 	"github.com/docker/docker/client"
 
@@ -53,8 +54,51 @@ type imageSpec struct {
 	files   map[string][]byte
 }
 
-// loadImage builds an image with go-containerregistry and loads it with POST /images/load. Its
-// config's "created" is spec.created, which is what the image prune's `until` compares here.
+// containerdStore is true when the engine keeps images in the containerd image store (Docker 29's
+// default on fresh installs) and false on a classic graphdriver store; TestMain sets it. The stores
+// differ in an image's ID (classic: the config digest; containerd: the manifest digest, so fixtures
+// are found by label or tag) and in what an image prune's `until` compares: the config's "created"
+// on the classic store, the image record's creation time on the containerd store, that is when the
+// image was loaded, pulled or tagged, or for a dangling image when it was left dangling.
+var containerdStore bool
+
+// isContainerdStore reads the store from GET /info: the containerd store reports the driver type
+// io.containerd.snapshotter.v1.
+func isContainerdStore(info system.Info) bool {
+	for _, kv := range info.DriverStatus {
+		if len(kv) == 2 && kv[0] == "driver-type" && kv[1] == "io.containerd.snapshotter.v1" {
+			return true
+		}
+	}
+	return false
+}
+
+// storeName names the engine's image store for messages.
+func storeName() string {
+	if containerdStore {
+		return "containerd"
+	}
+	return "classic"
+}
+
+// waitPastCutoff returns the next whole second after now once the clock has passed it. Everything
+// made before the call is older than that cutoff by every clock a prune compares (a container's
+// creation, an image config's "created" unless set later, an image record's creation, a build-cache
+// record's last use), and everything made after the call is younger, so a test that needs "old"
+// objects on both stores makes them, waits, and passes the cutoff as an RFC 3339 until.
+func waitPastCutoff() time.Time {
+	cutoff := time.Now().Truncate(time.Second).Add(time.Second)
+	time.Sleep(time.Until(cutoff) + 100*time.Millisecond)
+	return cutoff
+}
+
+// rfc3339 is a cutoff as an until setting.
+func rfc3339(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// loadImage builds an image with go-containerregistry, loads it with POST /images/load and returns
+// the ID the engine lists it under (fixtures.Load finds it by a label unique to it). Its config's
+// "created" is spec.created, which the image prune's `until` compares on the classic store; on the
+// containerd store it compares the load time (see containerdStore).
 func loadImage(t testing.TB, spec imageSpec) string {
 	t.Helper()
 	ids, err := fixtures.Load(ctx(), api, fixtures.Image{Tag: spec.tag, Created: spec.created, Labels: spec.labels, Files: spec.files})
@@ -84,6 +128,18 @@ func retagToDangling(t testing.TB, created time.Time) (dangling, tagged string) 
 	dangling = loadImage(t, imageSpec{tag: tag, created: created})
 	tagged = loadImage(t, imageSpec{tag: tag, created: created})
 	return dangling, tagged
+}
+
+// leaveDangling makes the image tagged tag dangling now, by moving the tag to the sleeper image
+// and removing it from there. The containerd store records the image as dangling (a
+// moby-dangling@ record) at this moment, which is what its `until` compares; the classic store
+// keeps comparing the config's "created".
+func leaveDangling(t testing.TB, tag string) {
+	t.Helper()
+	ensureSleeperImage(t)
+	must(t, api.ImageTag(ctx(), sleeperImage, tag))
+	_, err := api.ImageRemove(ctx(), tag, image.RemoveOptions{})
+	must(t, err)
 }
 
 // ensureSleeperImage loads the tagged image holding the sleeper binary.
@@ -171,11 +227,27 @@ func makeNetwork(t testing.TB) string {
 }
 
 // buildCache runs a BuildKit build that leaves build-cache records behind, and tags the result.
+// It returns once BuildKit has released the build's records: Docker 29 answers the build while a
+// few of them are still in use for some tens of milliseconds, and a record in use is not prunable.
 func buildCache(t testing.TB) (tag string) {
 	t.Helper()
 	tag = "dgp-built:" + randomHex(4)
 	must(t, fixtures.Build(ctx(), api, tag))
 	t.Cleanup(func() { _, _ = api.ImageRemove(ctx(), tag, image.RemoveOptions{Force: true}) })
+	if !waitFor(t, 10*time.Second, "no build-cache record is in use after the build", func() (bool, error) {
+		du, err := api.DiskUsage(ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
+		if err != nil {
+			return false, err
+		}
+		for _, r := range du.BuildCache {
+			if r.InUse {
+				return false, nil
+			}
+		}
+		return true, nil
+	}) {
+		t.FailNow()
+	}
 	return tag
 }
 

@@ -219,7 +219,7 @@ func TestFleet(t *testing.T) {
 	t.Run("a second fleet run is refused while one is in flight", func(t *testing.T) {
 		// A job of the fleet's name, as a run in flight leaves it (this one never ends by itself).
 		resp, err := s.nodes[0].ServiceCreate(ctx(), swarm.ServiceSpec{
-			Annotations: swarm.Annotations{Name: plugin.FleetService},
+			Annotations:  swarm.Annotations{Name: plugin.FleetService},
 			TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: sleeperImage, Command: []string{"/sleeper"}}},
 			Mode:         swarm.ServiceMode{GlobalJob: &swarm.GlobalJob{}},
 		}, swarm.ServiceCreateOptions{})

@@ -38,7 +38,10 @@ type randomWorld struct {
 }
 
 // makeWorld creates a random world. Images are dated around the cutoff in their config;
-// containers are made in two waves, before and after it.
+// containers are made in two waves, before and after it. Every image is loaded before the first
+// wave (containers of either wave may use any of them), and the young untagged ones are loaded under
+// a tag of their own that is taken away after the cutoff: they become dangling then, which on the
+// containerd store is the time `until` compares, so they are young by every clock.
 func makeWorld(t *testing.T, seed uint64) *randomWorld {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
@@ -49,6 +52,7 @@ func makeWorld(t *testing.T, seed uint64) *randomWorld {
 	// Images are dated an hour before or after now in their config; the cutoff falls after the
 	// first wave of containers, seconds from now.
 	base := time.Now()
+	var danglingLater []string
 	for i := 0; i < 6+rng.IntN(5); i++ {
 		im := fixtureImage{tagged: rng.IntN(3) == 0, old: rng.IntN(3) != 0, lbl: rng.IntN(2) == 0}
 		created := base.Add(-time.Hour)
@@ -59,8 +63,12 @@ func makeWorld(t *testing.T, seed uint64) *randomWorld {
 		if im.lbl {
 			spec.labels = map[string]string{"dgp.tier": "scratch"}
 		}
-		if im.tagged {
+		switch {
+		case im.tagged:
 			spec.tag = "dgp-world:" + randomHex(4)
+		case !im.old:
+			spec.tag = "dgp-world-young:" + randomHex(4)
+			danglingLater = append(danglingLater, spec.tag)
 		}
 		im.id = loadImage(t, spec)
 		w.images = append(w.images, im)
@@ -95,6 +103,9 @@ func makeWorld(t *testing.T, seed uint64) *randomWorld {
 	wave(true)
 	w.cutoff = time.Now().Truncate(time.Second).Add(time.Second)
 	time.Sleep(time.Until(w.cutoff) + 1100*time.Millisecond)
+	for _, tag := range danglingLater {
+		leaveDangling(t, tag)
+	}
 	wave(false)
 	return w
 }

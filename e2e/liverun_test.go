@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +25,9 @@ func noRunEvidence(r result) string {
 // A compose project whose container is created (about to start) is a live run, with an exited
 // sibling; once the created container is older than until, it is abandoned and both are pruned.
 func TestCreatedComposeProjectIsLive(t *testing.T) {
+	// An image older than the first run's until on both stores, so a prune that ran would remove it.
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	cutoff := waitPastCutoff()
 	project := "ci-proj-" + randomHex(4)
 	labels := map[string]string{"com.docker.compose.project": project}
 	created := makeContainer(t, containerSpec{name: project + "-app-1", labels: labels})
@@ -34,10 +38,9 @@ func TestCreatedComposeProjectIsLive(t *testing.T) {
 	}) {
 		t.FailNow()
 	}
-	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 
-	// until 24h: the created container is young, so the project is live.
-	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_STACK_PATTERN": "^ci-proj-"})
+	// until before both containers: the created container is young, so the project is live.
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_STACK_PATTERN": "^ci-proj-", "PLUGIN_UNTIL": rfc3339(cutoff)})
 	if r.code != 0 || r.report.Decision != "skipped: no_run" || !strings.Contains(noRunEvidence(r), `compose project "`+project+`"`) {
 		t.Fatalf("exit %d decision %q; want skipped by compose project %s:\n%s", r.code, r.report.Decision, project, noRunEvidence(r))
 	}
@@ -94,7 +97,8 @@ func TestCCCIPatternClosesGate(t *testing.T) {
 	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	name := ccciName() + "app"
 	makeContainer(t, containerSpec{name: name, start: true})
-	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_STACK_PATTERN": ccciPattern})
+	// The image is older than until on both stores, so a prune that ran would remove it.
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_STACK_PATTERN": ccciPattern, "PLUGIN_UNTIL": rfc3339(waitPastCutoff())})
 	if r.report.Decision != "skipped: no_run" || !strings.Contains(noRunEvidence(r), `container "`+name+`" (running) matches "`+ccciPattern+`"`) {
 		t.Fatalf("decision %q; want skipped by %s matching the whole pattern:\n%s", r.report.Decision, name, noRunEvidence(r))
 	}
@@ -114,15 +118,18 @@ func TestCCCIPatternServiceClosesGate(t *testing.T) {
 
 // Inside Drone with no run policy, io.drone.build.number is the default: another build's step
 // holds the gate, the plugin's own build does not, and the summary says which label was used.
+// The own build is me/repo 3, or the enclosing build when the tests run in a Drone step.
 func TestDefaultRunLabelInsideDrone(t *testing.T) {
-	drone := map[string]string{"PLUGIN_FORCE": "true", "DRONE": "true", "DRONE_REPO": "me/repo", "DRONE_BUILD_NUMBER": "3"}
-	own := makeContainer(t, containerSpec{start: true, labels: map[string]string{"io.drone.repo.slug": "me/repo", "io.drone.build.number": "3"}})
+	slug, n := droneBuildAs("me/repo", 3)
+	number := strconv.Itoa(n)
+	drone := map[string]string{"PLUGIN_FORCE": "true", "DRONE": "true", "DRONE_REPO": slug, "DRONE_BUILD_NUMBER": number}
+	own := makeContainer(t, containerSpec{start: true, labels: map[string]string{"io.drone.repo.slug": slug, "io.drone.build.number": number}})
 	r := runPlugin(t, drone)
 	if r.code != 0 || r.report.Decision == "skipped: no_run" || !strings.Contains(noRunEvidence(r), "default inside Drone") {
 		t.Fatalf("exit %d decision %q; the own build must not hold the gate, and the default must be named:\n%s", r.code, r.report.Decision, noRunEvidence(r))
 	}
 	must(t, api.ContainerRemove(ctx(), own, container.RemoveOptions{Force: true}))
-	makeContainer(t, containerSpec{labels: map[string]string{"io.drone.repo.slug": "other/repo", "io.drone.build.number": "3"}})
+	makeContainer(t, containerSpec{labels: map[string]string{"io.drone.repo.slug": "other/repo", "io.drone.build.number": number}})
 	r = runPlugin(t, drone)
 	if r.report.Decision != "skipped: no_run" || !strings.Contains(noRunEvidence(r), "io.drone.build.number") {
 		t.Fatalf("decision %q; another repository's build (created, about to start) must hold the gate:\n%s", r.report.Decision, noRunEvidence(r))

@@ -40,6 +40,13 @@ func setup(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "e2e: SKIPPING engine tests: no Docker Engine answers at", api.DaemonHost(), "-", err)
 		return 0
 	}
+	info, err := api.Info(context.Background())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: GET /info:", err)
+		return 1
+	}
+	containerdStore = isContainerdStore(info)
+	fmt.Fprintf(os.Stderr, "e2e: Docker %s at %s, %s image store (%s)\n", info.ServerVersion, api.DaemonHost(), storeName(), info.Driver)
 	dir, err := os.MkdirTemp("", "dgp-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"sort"
+	"strconv"
 
 	"strings"
 	"testing"
@@ -14,8 +15,9 @@ import (
 )
 
 // fixtureSet is one of everything the policy must either remove or keep. "Old" objects are
-// made before the cutoff (images backdated 48 h in their config), "young" ones after; until is
-// given as that cutoff (RFC 3339), since containers and build cache cannot be backdated.
+// made before the cutoff (images also backdated 48 h in their config), "young" ones after; until is
+// given as that cutoff (RFC 3339), since containers, build cache and, on the containerd store,
+// image records cannot be backdated.
 type fixtureSet struct {
 	cutoff time.Time
 
@@ -169,14 +171,48 @@ func TestPressurePrunesPolicySet(t *testing.T) {
 	}
 }
 
-// A duration until on backdated images: 48h old goes, 1h old stays. Proves SPEC "Settings" until
-// (a duration); docs/engine.md "Image prune until compares the image config's created".
+// A duration until on images. Classic store: it compares the config's created, so of two images
+// loaded just now, the one backdated 48 h goes and the one backdated 1 h stays. Containerd store: it
+// compares the record's time too, so a backdated config does not make an image loaded just now old
+// (both stay), while one loaded before the duration goes; the summary says which clock it
+// compared. Proves SPEC "Settings" until (a duration); docs/engine.md "Image prune until".
 func TestDurationUntilOnImageCreated(t *testing.T) {
+	if containerdStore {
+		durationUntilOnRecords(t)
+		return
+	}
 	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	recent := danglingImage(t, time.Now().Add(-1*time.Hour), nil)
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "24h"})
 	if r.code != 0 || exists(t, "image", old) || !exists(t, "image", recent) {
 		t.Fatalf("exit %d; 48h-old image exists=%v (want false), 1h-old exists=%v (want true)", r.code, exists(t, "image", old), exists(t, "image", recent))
+	}
+	if p, _ := r.report.Phase(plugin.PhaseImages); !strings.Contains(p.Clock, "config created") {
+		t.Errorf("images phase says until compared %q, want the config's created time", p.Clock)
+	}
+}
+
+func durationUntilOnRecords(t *testing.T) {
+	loadedEarlier := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	time.Sleep(4 * time.Second)
+	loadedNow := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "24h"})
+	if r.code != 0 || !exists(t, "image", loadedEarlier) || !exists(t, "image", loadedNow) {
+		t.Fatalf("until 24h: exit %d; images backdated 48 h but loaded seconds ago kept: %v, %v (want both)",
+			r.code, exists(t, "image", loadedEarlier), exists(t, "image", loadedNow))
+	}
+	p, _ := r.report.Phase(plugin.PhaseImages)
+	if !strings.HasPrefix(r.report.Store, "containerd") || strings.Contains(p.Clock, "(build time)") || !strings.Contains(p.Clock, "record") {
+		t.Errorf("store %q, images phase says until compared %q; want the containerd store and the record's time named", r.report.Store, p.Clock)
+	}
+	// 2s: the image loaded 4 s before the other is old, the one loaded just now is not.
+	r = runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "2s"})
+	if r.code != 0 || exists(t, "image", loadedEarlier) || !exists(t, "image", loadedNow) {
+		t.Fatalf("until 2s: exit %d; image loaded 4 s earlier exists=%v (want false), loaded just now exists=%v (want true)",
+			r.code, exists(t, "image", loadedEarlier), exists(t, "image", loadedNow))
+	}
+	if !phaseIDs(r.report, plugin.PhaseImages)[loadedEarlier] {
+		t.Errorf("images phase does not report %s", loadedEarlier)
 	}
 }
 
@@ -225,12 +261,14 @@ func TestLiveRunSkips(t *testing.T) {
 	}
 }
 
-// The plugin's own build (DRONE_REPO + DRONE_BUILD_NUMBER) does not count as a live run.
+// The plugin's own build (DRONE_REPO + DRONE_BUILD_NUMBER) does not count as a live run. The own
+// build is me/prune 9, or the enclosing build when the tests run in a Drone step (droneBuildAs).
 // Proves SPEC "Settings" run_labels (own build ignored); docs/usage.md "2. Post-run cleanup".
 func TestOwnBuildIgnored(t *testing.T) {
-	makeContainer(t, containerSpec{start: true, labels: map[string]string{"io.drone.build.number": "9", "io.drone.repo.slug": "me/prune"}})
+	slug, n := droneBuildAs("me/prune", 9)
+	makeContainer(t, containerSpec{start: true, labels: map[string]string{"io.drone.build.number": strconv.Itoa(n), "io.drone.repo.slug": slug}})
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true", "PLUGIN_RUN_LABELS": "io.drone.build.number",
-		"DRONE_REPO": "me/prune", "DRONE_BUILD_NUMBER": "9"})
+		"DRONE_REPO": slug, "DRONE_BUILD_NUMBER": strconv.Itoa(n)})
 	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun {
 		t.Fatalf("exit %d decision %q: own build held the gate", r.code, r.report.Decision)
 	}
@@ -241,7 +279,8 @@ func TestOwnBuildIgnored(t *testing.T) {
 func TestUnconvergedServiceSkips(t *testing.T) {
 	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	makeService(t, serviceSpec{name: "dgp-unplaceable", replicas: 2, constraints: []string{"node.labels.dgp-nowhere==true"}})
-	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "24h"})
+	// The image is older than until on both stores, so a prune that ran would remove it.
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(waitPastCutoff())})
 	if r.code != 0 || r.report.Decision != "skipped: "+gates.NoConvergeGate {
 		t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
 	}
