@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/client"
@@ -123,7 +124,7 @@ func present(t *testing.T, c *client.Client, kind, id string) bool {
 	} else {
 		_, err = c.ContainerInspect(ctx(), id)
 	}
-	if err != nil && !client.IsErrNotFound(err) {
+	if err != nil && !cerrdefs.IsNotFound(err) {
 		t.Fatalf("asking node for %s %s: %v", kind, id, err)
 	}
 	return err == nil
@@ -180,7 +181,7 @@ func TestFleet(t *testing.T) {
 		if r.code != 0 || r.report.Decision != plugin.DecisionFleet {
 			t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
 		}
-		if _, _, err := s.nodes[0].ServiceInspectWithRaw(ctx(), plugin.FleetService, swarm.ServiceInspectOptions{}); !client.IsErrNotFound(err) {
+		if _, _, err := s.nodes[0].ServiceInspectWithRaw(ctx(), plugin.FleetService, swarm.ServiceInspectOptions{}); !cerrdefs.IsNotFound(err) {
 			t.Errorf("the fleet job was not removed: %v", err)
 		}
 	})
