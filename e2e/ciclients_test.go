@@ -18,7 +18,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,7 +33,6 @@ import (
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/network"
 	"github.com/docker/docker/api/types/volume"
-	"gopkg.in/yaml.v2"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
@@ -195,19 +193,7 @@ func ciLocalDroneYAML(t *testing.T, socket string) string {
 	}
 	// The pipelines the tests run now name the local image in every step.
 	images := map[string][]string{}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	for {
-		var doc struct {
-			Name  string `yaml:"name"`
-			Steps []struct {
-				Image string `yaml:"image"`
-			} `yaml:"steps"`
-		}
-		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
-			break
-		} else {
-			must(t, err)
-		}
+	for _, doc := range dronePipelines(t, data) {
 		for _, s := range doc.Steps {
 			images[doc.Name] = append(images[doc.Name], s.Image)
 		}
@@ -936,19 +922,7 @@ var ciImages struct {
 // the runner will not try to pull it (which fails here, and would run another image elsewhere).
 func ciWantLocalImages(t *testing.T, file, pipeline string) {
 	t.Helper()
-	dec := yaml.NewDecoder(bytes.NewReader(ciReadFile(t, file)))
-	for {
-		var doc struct {
-			Name  string `yaml:"name"`
-			Steps []struct {
-				Image string `yaml:"image"`
-			} `yaml:"steps"`
-		}
-		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
-			break
-		} else {
-			must(t, err)
-		}
+	for _, doc := range dronePipelines(t, ciReadFile(t, file)) {
 		if doc.Name != pipeline {
 			continue
 		}

@@ -60,25 +60,37 @@ func buildPluginImage(t *testing.T) int64 {
 	return unpacked
 }
 
+// droneDoc is one pipeline of a .drone.yml, as far as the tests read it.
+type droneDoc struct {
+	Name  string `yaml:"name"`
+	Steps []struct {
+		Image    string      `yaml:"image"`
+		Settings map[any]any `yaml:"settings"`
+	} `yaml:"steps"`
+}
+
+// dronePipelines reads every document of a .drone.yml.
+func dronePipelines(t *testing.T, data []byte) []droneDoc {
+	t.Helper()
+	var docs []droneDoc
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	for {
+		var doc droneDoc
+		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+			return docs
+		} else {
+			must(t, err)
+		}
+		docs = append(docs, doc)
+	}
+}
+
 // stepSettings reads one plugin step's settings from .drone.yml and encodes them by Drone's rules.
 func stepSettings(t *testing.T, pipeline string) map[string]string {
 	t.Helper()
 	data, err := os.ReadFile("../.drone.yml")
 	must(t, err)
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	for {
-		var doc struct {
-			Name  string `yaml:"name"`
-			Steps []struct {
-				Image    string      `yaml:"image"`
-				Settings map[any]any `yaml:"settings"`
-			} `yaml:"steps"`
-		}
-		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
-			break
-		} else {
-			must(t, err)
-		}
+	for _, doc := range dronePipelines(t, data) {
 		if doc.Name != pipeline {
 			continue
 		}

@@ -55,13 +55,10 @@ func (r *Run) pruneContainers(ctx context.Context, p *pruning, ph *PhaseReport) 
 	if err != nil {
 		return err
 	}
-	objs := make([]Object, 0, len(ids))
 	for _, id := range ids {
 		p.removedContainers[id] = true
-		objs = append(objs, Object{ID: id})
 	}
-	setObjects(ph, StatusRemoved, objs)
-	ph.Bytes = bytes
+	setRemoved(ph, ids, bytes)
 	return nil
 }
 
@@ -160,12 +157,7 @@ func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *PhaseReport) 
 	if err != nil {
 		return err
 	}
-	objs := make([]Object, 0, len(ids))
-	for _, id := range ids {
-		objs = append(objs, Object{ID: id})
-	}
-	setObjects(ph, StatusRemoved, objs)
-	ph.Bytes = bytes
+	setRemoved(ph, ids, bytes)
 	return nil
 }
 
@@ -201,12 +193,7 @@ func (r *Run) pruneBuildCacheToBudget(ctx context.Context, p *pruning, ph *Phase
 	if err != nil {
 		return err
 	}
-	objs := make([]Object, 0, len(ids))
-	for _, id := range ids {
-		objs = append(objs, Object{ID: id})
-	}
-	setObjects(ph, StatusRemoved, objs)
-	ph.Bytes = bytes
+	setRemoved(ph, ids, bytes)
 	return nil
 }
 
@@ -267,6 +254,16 @@ func referenced(im image.Summary) bool {
 		}
 	}
 	return false
+}
+
+// setRemoved records what a prune call reported: the IDs it removed and the bytes it reclaimed.
+func setRemoved(ph *PhaseReport, ids []string, bytes uint64) {
+	objs := make([]Object, 0, len(ids))
+	for _, id := range ids {
+		objs = append(objs, Object{ID: id})
+	}
+	setObjects(ph, StatusRemoved, objs)
+	ph.Bytes = bytes
 }
 
 func setObjects(ph *PhaseReport, status string, objs []Object) {
