@@ -87,6 +87,13 @@ func exactWorld(t *testing.T, seed uint64) {
 	// its untagged parents; the second build differs from the first at f1 (its parents go too) or
 	// only at f2 (the shared parent stays).
 	chains := 1 + rng.IntN(3)
+	if containerdStore {
+		// The containerd store lists no parent of a classic build (ParentID is empty), so the plan
+		// cannot name the untagged parents the engine deletes with a head there: a known limit
+		// (docs/engine.md), left out of this world rather than asserted loosely.
+		t.Log("containerd image store: no classic-builder chains in this world")
+		chains = 0
+	}
 	for i := range chains {
 		tag := "dgp-chain:" + randomHex(4)
 		chain := randomHex(4)

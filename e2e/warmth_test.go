@@ -32,8 +32,11 @@ func TestPruneKeepsCacheWarm(t *testing.T) {
 	if cold != 9 {
 		t.Fatalf("cold pull downloaded %d layers, want all 9", cold)
 	}
+	// Old by every clock a store compares: made, then a cutoff passed (the containerd store compares
+	// the time the image was loaded, not its config's).
 	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true"})
+	cutoff := waitPastCutoff()
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": cutoff.UTC().Format(time.RFC3339)})
 	if r.code != 0 || r.report.Decision != plugin.DecisionPruned || exists(t, "image", old) {
 		t.Fatalf("exit %d decision %q; the prune did not run (old dangling image kept: %v)", r.code, r.report.Decision, exists(t, "image", old))
 	}

@@ -372,6 +372,9 @@ func (e *Engine) oldRecords(ctx context.Context, candidates []listed, cutoff tim
 		if err != nil {
 			return nil, e.failed("reading image "+c.ID+"'s times (GET /images/{id}/json)", err)
 		}
+		if inspect.Created == "" {
+			continue // no creation time (or an image being deleted by another run): prune less
+		}
 		created, err := time.Parse(time.RFC3339Nano, inspect.Created)
 		if err != nil {
 			return nil, &RuntimeError{What: "reading the creation time of " + c.ID, Err: err}

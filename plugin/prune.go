@@ -85,7 +85,7 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 			setObjects(ph, StatusWouldRemove, plan)
 			return nil
 		}
-		return r.deleteImages(ctx, plan, ph)
+		return r.deleteImages(ctx, plan, all, ph)
 	}
 	known := map[string]image.Summary{}
 	for _, im := range all {
@@ -111,17 +111,19 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 // deleteImages deletes the planned images one by one (the containerd image store's way, see
 // Engine.DeleteImages) and reports what the engine deleted; the bytes are the deleted images'
 // listed sizes, as the engine reports none for a delete.
-func (r *Run) deleteImages(ctx context.Context, plan []Object, ph *PhaseReport) error {
+func (r *Run) deleteImages(ctx context.Context, plan []Object, all []image.Summary, ph *PhaseReport) error {
 	ids := make([]string, 0, len(plan))
-	byID := map[string]Object{}
 	for _, o := range plan {
 		ids = append(ids, o.ID)
-		byID[o.ID] = o
+	}
+	known := map[string]Object{}
+	for _, im := range all {
+		known[im.ID] = imageObject(im)
 	}
 	deleted, untagged, err := r.Engine.DeleteImages(ctx, ids)
 	var objs []Object
 	for _, id := range deleted {
-		if o, ok := byID[id]; ok {
+		if o, ok := known[id]; ok {
 			objs = append(objs, o)
 		} else {
 			ph.Layers++
