@@ -122,7 +122,10 @@ func exactWorld(t *testing.T, seed uint64) {
 	for range rng.IntN(3) {
 		retagToDangling(t, time.Now().Add(-time.Hour))
 	}
-	// Containers before the cutoff: created, exited, paused, running.
+	// Containers before the cutoff: one created, so that every world has a container to remove (a
+	// world without chains may draw only running and paused ones), then created, exited, paused and
+	// running ones at random.
+	makeContainer(t, containerSpec{})
 	for range 2 + rng.IntN(4) {
 		switch rng.IntN(4) {
 		case 0:
