@@ -114,12 +114,14 @@ func FuzzParsePatterns(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if len(res) != strings.Count(s, ",")+1 {
-			t.Fatalf("ParsePatterns(%q) gave %d patterns", s, len(res))
+		// One pattern per list item, as SplitList cuts the list (commas inside brackets stay).
+		items, err := SplitList(s)
+		if err != nil || len(res) != len(items) {
+			t.Fatalf("ParsePatterns(%q) gave %d patterns, SplitList %d items (%v)", s, len(res), len(items), err)
 		}
-		for _, re := range res {
-			if strings.TrimSpace(re.String()) == "" {
-				t.Fatalf("ParsePatterns(%q) accepted an empty pattern", s)
+		for i, re := range res {
+			if strings.TrimSpace(re.String()) == "" || re.String() != items[i] {
+				t.Fatalf("ParsePatterns(%q) pattern %d is %q, item %q", s, i, re.String(), items[i])
 			}
 		}
 	})
