@@ -140,7 +140,9 @@ func exactWorld(t *testing.T, seed uint64) {
 			makeContainer(t, containerSpec{start: true})
 		}
 	}
-	cutoff := time.Now().Truncate(time.Second).Add(time.Second)
+	// At least a second ahead, so that the images below are loaded before it: the containerd store
+	// compares when they were loaded too.
+	cutoff := time.Now().Truncate(time.Second).Add(2 * time.Second)
 	// Images in the cutoff's own second: at the cutoff exactly (the engine removes it), half a
 	// second after (it stays); and one well before, one well after.
 	danglingImage(t, cutoff, nil)
