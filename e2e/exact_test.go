@@ -88,9 +88,10 @@ func exactWorld(t *testing.T, seed uint64) {
 	// only at f2 (the shared parent stays).
 	chains := 1 + rng.IntN(3)
 	if containerdStore {
-		// The containerd store lists no parent of a classic build (ParentID is empty), so the plan
-		// cannot name the untagged parents the engine deletes with a head there: a known limit
-		// (docs/engine.md), left out of this world rather than asserted loosely.
+		// On the containerd store a delete of a dangling head also removes dangling ancestors that
+		// another image still uses, which the engine's ParentID walk here does not predict, so the
+		// plan cannot name them: a known limit (docs/engine.md), left out of this world rather than
+		// asserted loosely.
 		t.Log("containerd image store: no classic-builder chains in this world")
 		chains = 0
 	}
