@@ -4,6 +4,8 @@
 //
 //	go run ./bench            # full scale
 //	go run ./bench -quick     # small scale, a smoke run of every part
+//	go run ./bench -fleet     # only the fleet part, on a 3-node swarm of Docker 29 engines
+//	                          # (scripts/test-engine.sh build first; the system engine is not pruned)
 package main
 
 import (
@@ -28,6 +30,7 @@ import (
 
 type config struct {
 	quick     bool
+	fleet     bool
 	noopRuns  int
 	rounds    int
 	images    int
@@ -55,6 +58,7 @@ func (t *table) add(what, plugin, cli, note string) {
 
 func main() {
 	quick := flag.Bool("quick", false, "small scale: a smoke run of every part")
+	fleet := flag.Bool("fleet", false, "only the fleet part: a 3-node swarm of Docker 29 engines (scripts/test-engine.sh swarm)")
 	flag.Parse()
 	cfg := config{noopRuns: 15, rounds: 3, images: 1000, stopped: 500, builds: 10,
 		sizes: []scale{{10, 1}, {100, 20}, {1000, 100}}, warmBases: 3, warmLayer: 4 << 20}
@@ -62,6 +66,7 @@ func main() {
 		cfg = config{quick: true, noopRuns: 10, rounds: 1, images: 50, stopped: 20, builds: 2,
 			sizes: []scale{{10, 1}, {30, 5}}, warmBases: 2, warmLayer: 256 << 10}
 	}
+	cfg.fleet = *fleet
 	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -96,15 +101,19 @@ func run(cfg config) error {
 	if err := fixtures.BuildStatic(map[string]string{e.pluginBin: ".", e.sleeperBin: "./e2e/testdata/sleeper"}, "bench"); err != nil {
 		return err
 	}
-	leave, err := fixtures.EnsureSwarm(ctx, api)
-	if err != nil {
-		return err
-	}
-	if leave {
-		defer func() { _ = api.SwarmLeave(ctx, true) }()
-	}
 	start := time.Now()
 	parts := []func(context.Context, config) error{e.noop, e.gateCost, e.fullPrune, e.footprint, e.warmth}
+	if cfg.fleet {
+		parts = []func(context.Context, config) error{e.fleet}
+	} else {
+		leave, err := fixtures.EnsureSwarm(ctx, api)
+		if err != nil {
+			return err
+		}
+		if leave {
+			defer func() { _ = api.SwarmLeave(ctx, true) }()
+		}
+	}
 	for _, part := range parts {
 		if err := part(ctx, cfg); err != nil {
 			return err

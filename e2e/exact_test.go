@@ -87,14 +87,6 @@ func exactWorld(t *testing.T, seed uint64) {
 	// its untagged parents; the second build differs from the first at f1 (its parents go too) or
 	// only at f2 (the shared parent stays).
 	chains := 1 + rng.IntN(3)
-	if containerdStore {
-		// On the containerd store a delete of a dangling head also removes dangling ancestors that
-		// another image still uses, which the engine's ParentID walk here does not predict, so the
-		// plan cannot name them: a known limit (docs/engine.md), left out of this world rather than
-		// asserted loosely.
-		t.Log("containerd image store: no classic-builder chains in this world")
-		chains = 0
-	}
 	for i := range chains {
 		tag := "dgp-chain:" + randomHex(4)
 		chain := randomHex(4)

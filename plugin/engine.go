@@ -390,34 +390,31 @@ func (e *Engine) oldRecords(ctx context.Context, candidates []listed, cutoff tim
 	return out, nil
 }
 
-// DeleteImages deletes images one by one (DELETE /images/{id}, never forced, untagged parents
-// with them), as the image phase does on the containerd image store: its prune endpoint drops the
-// leases of pulls in flight and makes them fail (moby/moby#53321), a single delete does not. An
-// image that became used or was deleted meanwhile is skipped, as the prune skips it.
-func (e *Engine) DeleteImages(ctx context.Context, ids []string) (deleted, untagged []string, err error) {
-	for _, id := range ids {
-		dctx, cancel := e.pruneContext(ctx)
-		items, err := e.api.ImageRemove(dctx, id, image.RemoveOptions{PruneChildren: true})
-		cancel()
-		switch {
-		case cerrdefs.IsConflict(err) || cerrdefs.IsNotFound(err):
-			continue
-		case err != nil:
-			return deleted, untagged, e.failed("deleting dangling image "+id+" (DELETE /images/{id})", err)
+// DeleteImage deletes one image (DELETE /images/{id}?noprune=1, never forced), as the image
+// phase does on the containerd image store: its prune endpoint drops the leases of pulls in
+// flight and makes them fail (moby/moby#53321), a single delete does not. With noprune the engine
+// deletes that image only: on this store a delete that prunes parents also takes dangling
+// ancestors that another image still has as its parent, which the plan keeps. kept is true when
+// the image became used or was deleted meanwhile: the prune would skip it too.
+func (e *Engine) DeleteImage(ctx context.Context, id string) (deleted, untagged []string, kept bool, err error) {
+	dctx, cancel := e.pruneContext(ctx)
+	items, err := e.api.ImageRemove(dctx, id, image.RemoveOptions{PruneChildren: false})
+	cancel()
+	switch {
+	case cerrdefs.IsConflict(err) || cerrdefs.IsNotFound(err):
+		return nil, nil, true, nil
+	case err != nil:
+		return nil, nil, false, e.failed("deleting dangling image "+id+" (DELETE /images/{id})", err)
+	}
+	for _, d := range items {
+		if d.Deleted != "" {
+			deleted = append(deleted, d.Deleted)
 		}
-		for _, d := range items {
-			if d.Deleted != "" {
-				deleted = append(deleted, d.Deleted)
-			}
-			if d.Untagged != "" {
-				untagged = append(untagged, d.Untagged)
-			}
-		}
-		if ctx.Err() != nil {
-			return deleted, untagged, ctx.Err()
+		if d.Untagged != "" {
+			untagged = append(untagged, d.Untagged)
 		}
 	}
-	return deleted, untagged, nil
+	return deleted, untagged, false, nil
 }
 
 // listed is an object as a list gives it: its creation time in whole seconds, and how to ask for

@@ -3,7 +3,8 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/image"
@@ -82,7 +83,7 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 		}
 		plan := imagePrunePlan(heads, all, inUse)
 		if r.Config.DryRun {
-			setObjects(ph, StatusWouldRemove, plan)
+			setObjects(ph, StatusWouldRemove, byID(plan))
 			return nil
 		}
 		return r.deleteImages(ctx, plan, all, ph)
@@ -108,32 +109,50 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 	return nil
 }
 
-// deleteImages deletes the planned images one by one (the containerd image store's way, see
-// Engine.DeleteImages) and reports what the engine deleted; the bytes are the deleted images'
-// listed sizes, as the engine reports none for a delete.
+// deleteImages deletes the planned images one by one, each after its planned children (the
+// containerd image store's way, see Engine.DeleteImage), and reports what the engine deleted; the
+// bytes are the deleted images' listed sizes, as the engine reports none for a delete. A parent
+// whose child stayed (it became used meanwhile) stays too, as the plan's rule has it.
 func (r *Run) deleteImages(ctx context.Context, plan []Object, all []image.Summary, ph *PhaseReport) error {
-	ids := make([]string, 0, len(plan))
-	for _, o := range plan {
-		ids = append(ids, o.ID)
-	}
 	known := map[string]Object{}
+	parent := map[string]string{}
 	for _, im := range all {
 		known[im.ID] = imageObject(im)
+		parent[im.ID] = im.ParentID
 	}
-	deleted, untagged, err := r.Engine.DeleteImages(ctx, ids)
+	childKept := map[string]bool{}
 	var objs []Object
-	for _, id := range deleted {
-		if o, ok := known[id]; ok {
-			objs = append(objs, o)
-		} else {
-			ph.Layers++
+	var err error
+	for _, o := range plan {
+		if ctx.Err() != nil {
+			err = ctx.Err()
+			break
 		}
+		if childKept[o.ID] {
+			childKept[parent[o.ID]] = true
+			continue
+		}
+		deleted, untagged, kept, derr := r.Engine.DeleteImage(ctx, o.ID)
+		if derr != nil {
+			err = derr
+			break
+		}
+		if kept {
+			childKept[parent[o.ID]] = true
+		}
+		for _, id := range deleted {
+			if im, ok := known[id]; ok {
+				objs = append(objs, im)
+			} else {
+				ph.Layers++
+			}
+		}
+		ph.Untagged = append(ph.Untagged, untagged...)
 	}
-	setObjects(ph, StatusRemoved, objs)
+	setObjects(ph, StatusRemoved, byID(objs))
 	for _, o := range objs {
 		ph.Bytes += uint64(max(o.Size, 0))
 	}
-	ph.Untagged = untagged
 	ph.Reason = "deleted one by one: on the containerd image store the prune endpoint makes pulls in flight fail (moby/moby#53321); bytes are the images' listed sizes"
 	return err
 }
@@ -217,8 +236,9 @@ func imageObject(im image.Summary) Object {
 // imagePrunePlan is what the engine's dangling-image prune deletes: every head (a dangling image
 // without children, already filtered by age and labels) that no container uses, and then, walking
 // up from each, every parent left without children that has no tag or digest and that no
-// container uses — the engine deletes with PruneChildren and stops at the first parent it may not
-// delete. The result does not depend on the order the heads are taken in.
+// container uses — the classic store deletes with PruneChildren and stops at the first parent it
+// may not delete. The plan comes in deletion order: an image after every planned image that is its
+// child. The set does not depend on the order the heads are taken in.
 func imagePrunePlan(heads []Object, all []image.Summary, inUse map[string]bool) []Object {
 	byID := map[string]image.Summary{}
 	children := map[string]int{}
@@ -243,8 +263,14 @@ func imagePrunePlan(heads []Object, all []image.Summary, inUse map[string]bool) 
 			plan = append(plan, imageObject(im))
 		}
 	}
-	sort.Slice(plan, func(i, j int) bool { return plan[i].ID < plan[j].ID })
 	return plan
+}
+
+// byID is objs sorted by ID, as the report lists them.
+func byID(objs []Object) []Object {
+	out := slices.Clone(objs)
+	slices.SortFunc(out, func(a, b Object) int { return strings.Compare(a.ID, b.ID) })
+	return out
 }
 
 // referenced reports whether an image has a tag or a digest reference (older engines list an

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/client"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+)
+
+// fleetImage is the plugin image the fleet part builds on the system engine and loads into the
+// swarm's nodes.
+const fleetImage = "dgp-plugin:bench"
+
+// Part 6 (go run ./bench -fleet): one fleet run on a real 3-manager swarm (scripts/test-engine.sh
+// swarm, three Docker 29 engines in their own network namespaces) against three separate runs, one
+// per node, as a cron per host would do. Each run, fleet or not, finds the same work on every node:
+// an old dangling image and an old stopped container. Wall time is around Run.Execute in this
+// process; requests are the ones this process sends to the engine it is pointed at. In the fleet
+// run that is the manager; the nodes' tasks send their own to their own engines, the manager's
+// task included (about as many as a separate run there).
+func (e *env) fleet(ctx context.Context, cfg config) error {
+	name := "fb" + fixtures.RandomHex(2)
+	out, err := exec.Command("bash", "scripts/test-engine.sh", "swarm", name).Output()
+	if err != nil {
+		return fmt.Errorf("starting a 3-node swarm (scripts/test-engine.sh build first): %w\n%s", err, out)
+	}
+	defer func() {
+		if out, err := exec.Command("bash", "scripts/test-engine.sh", "stop", name).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: stopping swarm %s: %v\n%s", name, err, out)
+		}
+	}()
+	var hosts []string
+	var nodes []*client.Client
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && strings.HasPrefix(k, "DOCKER_HOST_") {
+			c, err := client.NewClientWithOpts(client.WithHost(v), client.WithAPIVersionNegotiation())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			hosts, nodes = append(hosts, v), append(nodes, c)
+		}
+	}
+	if len(nodes) != 3 {
+		return fmt.Errorf("want 3 nodes, got %q", out)
+	}
+	if out, err := exec.Command("sh", "scripts/build-image.sh", fleetImage, "bench").CombinedOutput(); err != nil {
+		return fmt.Errorf("building %s: %w\n%s", fleetImage, err, out)
+	}
+	if out, err := exec.Command("bash", "scripts/test-engine.sh", "load", name, fleetImage).CombinedOutput(); err != nil {
+		return fmt.Errorf("loading %s into the nodes: %w\n%s", fleetImage, err, out)
+	}
+	for _, c := range nodes {
+		if err := fixtures.LoadSleeper(ctx, c, sleeperImage, e.sleeperBin); err != nil {
+			return err
+		}
+	}
+	run := os.Getenv("DGP_RUN")
+	if run == "" {
+		run = "/tmp/dgp-engines"
+	}
+	// until 1s: the containerd image store judges an image's age by when it was loaded here.
+	settings := map[string]string{"force": "true", "until": "1s", "timeout": "2m"}
+	work := func() error {
+		for _, c := range nodes {
+			if _, err := fixtures.Load(ctx, c, fixtures.Image{Created: time.Now().Add(-48 * time.Hour)}); err != nil {
+				return err
+			}
+			if _, err := c.ContainerCreate(ctx, &container.Config{Image: sleeperImage, Cmd: []string{"/sleeper"}, Labels: map[string]string{fixtures.Label: "1"}},
+				&container.HostConfig{NetworkMode: "none"}, nil, nil, ""); err != nil {
+				return err
+			}
+		}
+		time.Sleep(2 * time.Second)
+		return nil
+	}
+	timed := func(host string, raw map[string]string) (time.Duration, []string, *plugin.Report, error) {
+		os.Setenv("DOCKER_HOST", host)
+		defer os.Unsetenv("DOCKER_HOST")
+		start := time.Now()
+		rep, reqs, err := inProcess(ctx, raw)
+		return time.Since(start), reqs, rep, err
+	}
+	var sepWall, sepMax, fleetWall []time.Duration
+	var sepReqs, managerReqs, fleetReqs []string
+	for round := range cfg.rounds {
+		if err := work(); err != nil {
+			return err
+		}
+		var sum, longest time.Duration
+		for i, h := range hosts {
+			d, reqs, rep, err := timed(h, settings)
+			if err != nil {
+				return fmt.Errorf("separate run on node %d: %w", i+1, err)
+			}
+			if removed := removedCount(rep); removed < 2 {
+				return fmt.Errorf("separate run on node %d removed %d objects, want at least 2", i+1, removed)
+			}
+			sum, longest = sum+d, max(longest, d)
+			if i == 0 {
+				managerReqs = reqs
+			}
+			if round == 0 {
+				sepReqs = append(sepReqs, fmt.Sprint(len(reqs)))
+			}
+		}
+		sepWall, sepMax = append(sepWall, sum), append(sepMax, longest)
+		if err := work(); err != nil {
+			return err
+		}
+		raw := map[string]string{"fleet": "true", "fleet_image": fleetImage, "fleet_socket": run + "/{{.Node.Hostname}}/docker.sock"}
+		for k, v := range settings {
+			raw[k] = v
+		}
+		d, reqs, rep, err := timed(hosts[0], raw)
+		if err != nil {
+			return fmt.Errorf("fleet run: %w", err)
+		}
+		if rep.Fleet == nil || len(rep.Fleet.Nodes) != 3 {
+			return fmt.Errorf("fleet run: decision %q, want a row per node", rep.Decision)
+		}
+		for _, n := range rep.Fleet.Nodes {
+			if n.ExitCode != 0 || n.Objects < 2 {
+				return fmt.Errorf("fleet run: node %s exit %d, %d objects removed; want 0 and at least 2", n.Node, n.ExitCode, n.Objects)
+			}
+		}
+		fleetWall, fleetReqs = append(fleetWall, d), reqs
+	}
+	ver, err := nodes[0].ServerVersion(ctx)
+	if err != nil {
+		return err
+	}
+	e.t.add(fmt.Sprintf("6. fleet: 3-manager swarm of Docker %s engines, wall time (median of %d)", ver.Version, cfg.rounds),
+		secs(median(fleetWall))+" (one fleet step on the manager)",
+		"—",
+		fmt.Sprintf("3 separate runs, one per node: %s one after another, %s the longest (as 3 crons at once); each node removes 1 dangling image and 1 stopped container", secs(median(sepWall)), secs(median(sepMax))))
+	e.t.add("6. fleet: Engine API requests on the manager",
+		fmt.Sprintf("%d from the fleet step (%s) + the manager's own task (as a separate run there)", len(fleetReqs), requestKinds(fleetReqs)),
+		"—",
+		fmt.Sprintf("separate runs: %s requests on nodes 1, 2, 3 (node 1 is the manager: %s)", strings.Join(sepReqs, ", "), requestKinds(managerReqs)))
+	return nil
+}
+
+// removedCount is the number of objects a run removed, over its phases.
+func removedCount(rep *plugin.Report) int {
+	n := 0
+	for _, ph := range rep.Phases {
+		if ph.Status == plugin.StatusRemoved {
+			n += ph.Count
+		}
+	}
+	return n
+}
+
+// requestKinds names each request by method and path (IDs and the API version cut), with counts.
+func requestKinds(reqs []string) string {
+	var order []string
+	count := map[string]int{}
+	for _, r := range reqs {
+		f := strings.Fields(r)
+		if len(f) < 2 {
+			continue
+		}
+		parts := strings.Split(f[1], "/")
+		var kept []string
+		for _, p := range parts {
+			switch {
+			case p == "" || strings.HasPrefix(p, "v1."):
+			case len(p) >= 12 && strings.Trim(p, "0123456789abcdefghijklmnopqrstuvwxyz") == "" && strings.ContainsAny(p, "0123456789"):
+				kept = append(kept, "{id}")
+			default:
+				kept = append(kept, p)
+			}
+		}
+		k := f[0] + " /" + strings.Join(kept, "/")
+		if count[k] == 0 {
+			order = append(order, k)
+		}
+		count[k]++
+	}
+	var out []string
+	for _, k := range order {
+		if count[k] > 1 {
+			out = append(out, fmt.Sprintf("%s ×%d", k, count[k]))
+		} else {
+			out = append(out, k)
+		}
+	}
+	return strings.Join(out, ", ")
+}
