@@ -174,7 +174,7 @@ func requestKinds(reqs []string) string {
 		for _, p := range parts {
 			switch {
 			case p == "" || strings.HasPrefix(p, "v1."):
-			case len(p) >= 12 && strings.Trim(p, "0123456789abcdefghijklmnopqrstuvwxyz") == "" && strings.ContainsAny(p, "0123456789"):
+			case len(p) >= 12 && strings.Trim(p, "0123456789abcdefghijklmnopqrstuvwxyz:") == "" && strings.ContainsAny(p, "0123456789"):
 				kept = append(kept, "{id}")
 			default:
 				kept = append(kept, p)

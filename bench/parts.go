@@ -44,6 +44,12 @@ func inProcess(ctx context.Context, raw map[string]string) (*plugin.Report, []st
 	if err != nil {
 		return nil, nil, err
 	}
+	// The counting transport already dials DOCKER_HOST; the client would refuse to apply that host
+	// to a transport it cannot configure, so it is hidden while the engine is made.
+	if host, ok := os.LookupEnv("DOCKER_HOST"); ok {
+		os.Unsetenv("DOCKER_HOST")
+		defer os.Setenv("DOCKER_HOST", host)
+	}
 	eng, err := plugin.NewEngine(hc)
 	if err != nil {
 		return nil, nil, err
