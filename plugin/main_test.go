@@ -74,13 +74,54 @@ func TestMainSignalStops(t *testing.T) {
 		}
 	}()
 	t.Setenv("DOCKER_HOST", "unix://"+sock)
-	signals := make(chan os.Signal, 1)
-	inv, stdout, stderr := invocation(map[string]string{"force": "true"})
-	inv.Signals = signals
-	time.AfterFunc(200*time.Millisecond, func() { signals <- syscall.SIGTERM })
-	start := time.Now()
-	code := Main(t.Context(), inv)
-	if code != ExitRuntime || !strings.Contains(stderr.String(), "received terminated") || time.Since(start) > 10*time.Second {
-		t.Fatalf("exit %d after %s, stdout %q, stderr %q", code, time.Since(start), stdout, stderr)
+	for _, sig := range []os.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		signals := make(chan os.Signal, 1)
+		inv, stdout, stderr := invocation(map[string]string{"force": "true"})
+		inv.Signals = signals
+		time.AfterFunc(200*time.Millisecond, func() { signals <- sig })
+		start := time.Now()
+		code := Main(t.Context(), inv)
+		if code != ExitRuntime || !strings.Contains(stderr.String(), "received "+sig.String()) || time.Since(start) > 10*time.Second {
+			t.Fatalf("%v: exit %d after %s, stdout %q, stderr %q", sig, code, time.Since(start), stdout, stderr)
+		}
+	}
+}
+
+// The command's channel receives SIGTERM and SIGINT, sent to this process for real.
+func TestTerminationSignals(t *testing.T) {
+	ch := TerminationSignals()
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		if err := syscall.Kill(os.Getpid(), sig); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-ch:
+			if got != sig {
+				t.Errorf("sent %v, received %v", sig, got)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%v not received", sig)
+		}
+	}
+}
+
+// log_format json: every line on stderr is one JSON object with a level and a message, and the
+// summary on stdout stays text.
+func TestMainJSONLogs(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("DOCKER_HOST", "unix://"+filepath.Join(dir, "none.sock"))
+	inv, stdout, stderr := invocation(map[string]string{"disk_path": dir, "threshold": "100", "fail_above": "100", "log_format": "json", "log_level": "debug"})
+	if code := Main(t.Context(), inv); code != ExitOK || !strings.Contains(stdout.String(), "decision: "+DecisionKeptCache) {
+		t.Fatalf("exit %d, stdout %q", code, stdout)
+	}
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	if len(lines) == 0 || lines[0] == "" {
+		t.Fatalf("no log line at log_level debug; stderr %q", stderr)
+	}
+	for _, line := range lines {
+		var entry map[string]any
+		if err := json.Unmarshal([]byte(line), &entry); err != nil || entry["level"] == nil || entry["msg"] == nil {
+			t.Errorf("log line %q is not a JSON object with level and msg (%v)", line, err)
+		}
 	}
 }
