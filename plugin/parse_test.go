@@ -2,8 +2,11 @@ package plugin
 
 import (
 	"slices"
+	"strconv"
+	"strings"
 	"testing"
 
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
 	"github.com/drone-gated-prune/drone-gated-prune/internal/droneenv"
 )
 
@@ -76,6 +79,31 @@ func TestPatternsThroughDroneEncoding(t *testing.T) {
 	for _, good := range []string{`a\{1`, `[{}]`, `x{2}`, `x{2,}`, `\]`, `[]]`, `[^]]`, `[[:digit:]]{2}`} {
 		if _, err := ParsePatterns(good); err != nil {
 			t.Errorf("ParsePatterns(%q): %v", good, err)
+		}
+	}
+}
+
+// The no-run gate's summary line names every pattern exactly as the operator wrote it, whether the
+// gate is open or closed.
+func TestSummaryNamesEveryPatternAsParsed(t *testing.T) {
+	items := []string{ccciPattern, `^ci-\d+$`, `[,;]x`, `(a,b)c`}
+	patterns, err := ParsePatterns(strings.Join(items, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(patterns) != len(items) {
+		t.Fatalf("%d patterns from %d items", len(patterns), len(items))
+	}
+	open := gates.LiveRuns(gates.Workload{}, gates.RunPolicy{Patterns: patterns})
+	closed := gates.LiveRuns(gates.Workload{Containers: []gates.Container{{Name: "ci-7", State: "running"}}}, gates.RunPolicy{Patterns: patterns})
+	if !open.Open || closed.Open {
+		t.Fatalf("open %v, closed %v; want an open and a closed gate", open.Open, closed.Open)
+	}
+	for _, v := range []gates.Verdict{open, closed} {
+		for _, item := range items {
+			if !strings.Contains(v.Reason, strconv.Quote(item)) {
+				t.Errorf("reason %q does not name pattern %q as written", v.Reason, item)
+			}
 		}
 	}
 }
