@@ -88,6 +88,10 @@ func TestBadInput(t *testing.T) {
 		{args: []string{"-all"}, code: 3, name: "-all"},
 		{args: []string{"-volumes", "--dry-run"}, code: 3, name: "-volumes"},
 		{args: []string{"--dry-run", "stray"}, code: 2, name: `"stray"`},
+		// The single-dash form of any setting reaches its parser.
+		{args: []string{"-threshold=abc"}, code: 2, name: "threshold"},
+		{args: []string{"-min-free=12XB"}, code: 2, name: "min_free"},
+		{args: []string{"-until", "yesterday"}, code: 2, name: "until"},
 		// A pattern cut at a comma inside braces would compile and match nothing.
 		{env: map[string]string{"PLUGIN_STACK_PATTERN": "^[a-z0-9]{1"}, code: 2, name: "stack_pattern"},
 		{env: map[string]string{"PLUGIN_STACK_PATTERN": "4}-[0-9a-f]{6}_ci_"}, code: 2, name: "stack_pattern"},
