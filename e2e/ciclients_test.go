@@ -856,7 +856,7 @@ volumes:
 		ciWantLocalImages(t, file, "test")
 		b := newCIDroneBuildAs(t, ciClient(t, ciDroneClient), file, 40)
 		b.outDir = "" // no plugin step; PLUGIN_SUMMARY_FILE would reach the root package's tests
-		b.timeout = 45 * time.Minute
+		b.timeout = 50 * time.Minute
 		extra := []string{"--build-event", "push", "--commit-target", "main",
 			"--environ", ciNestedEnv + "=" + t.Name()}
 		commit := ""

@@ -77,6 +77,45 @@ func TestExitCodes(t *testing.T) {
 	if r.code != plugin.ExitPolicy || r.report.Decision != plugin.DecisionKeptCache || !r.report.CeilingBreached {
 		t.Errorf("kept cache above the ceiling: exit %d decision %q breached %v", r.code, r.report.Decision, r.report.CeilingBreached)
 	}
+	// 3 also when a live run skipped the prune: the skip is not a way round the alert.
+	name := "dgp-ceiling-" + randomHex(4)
+	makeContainer(t, containerSpec{name: name, start: true})
+	r = runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "0.1", "PLUGIN_FAIL_ABOVE": "0.1", "PLUGIN_STACK_PATTERN": "^" + name + "$", "PLUGIN_DRY_RUN": "true"})
+	if r.code != plugin.ExitPolicy || r.report.Decision != "skipped: no_run" || !r.report.CeilingBreached {
+		t.Errorf("skipped above the ceiling: exit %d decision %q breached %v", r.code, r.report.Decision, r.report.CeilingBreached)
+	}
+}
+
+// min_free and min_free_inodes open the disk gate on the engine's own data root while the disk is
+// below threshold; a floor the disk clears keeps the cache.
+func TestFreeFloorsOpenDiskGate(t *testing.T) {
+	base := map[string]string{"PLUGIN_THRESHOLD": "100", "PLUGIN_FAIL_ABOVE": "100", "PLUGIN_DRY_RUN": "true"}
+	cases := []struct {
+		key, value string
+		open       bool
+		reason     string
+	}{
+		{"PLUGIN_MIN_FREE", "1000TB", true, "is below min_free"},
+		{"PLUGIN_MIN_FREE", "1B", false, "below the 100% threshold"},
+		{"PLUGIN_MIN_FREE_INODES", "100%", true, "is below min_free_inodes"},
+		{"PLUGIN_MIN_FREE_INODES", "1", false, "below the 100% threshold"},
+	}
+	for _, c := range cases {
+		env := map[string]string{c.key: c.value}
+		for k, v := range base {
+			env[k] = v
+		}
+		r := runPlugin(t, env)
+		v, _ := r.report.Gate("disk_pressure")
+		want := plugin.DecisionKeptCache
+		if c.open {
+			want = plugin.DecisionDryRun
+		}
+		if r.code != 0 || r.report.Decision != want || v.Open != c.open || !strings.Contains(v.Reason, c.reason) {
+			t.Errorf("%s=%s: exit %d, decision %q, disk gate open %v (%q); want exit 0, %q, open %v, a reason with %q",
+				c.key, c.value, r.code, r.report.Decision, v.Open, v.Reason, want, c.open, c.reason)
+		}
+	}
 }
 
 // Settings arrive from an env file too, flags override the env file's values, and with disk_path

@@ -1,5 +1,6 @@
 // Command sleeper is the only program inside the test images: it waits for SIGTERM, or exits 1
-// at once when its first argument is "exit" (for a container that keeps restarting).
+// at once when its first argument is "exit" (for a container that keeps restarting), or exits 0
+// at once when it is "done" (for a job that completes).
 package main
 
 import (
@@ -11,6 +12,9 @@ import (
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "exit" {
 		os.Exit(1)
+	}
+	if len(os.Args) > 1 && os.Args[1] == "done" {
+		return
 	}
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)

@@ -1,0 +1,93 @@
+package e2e
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/swarm"
+
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+)
+
+// createSleeperService creates a swarm service of the sleeper image with the given mode and
+// update policy, removed at cleanup.
+func createSleeperService(t *testing.T, name string, cmd []string, mode swarm.ServiceMode, update *swarm.UpdateConfig) string {
+	t.Helper()
+	ensureSleeperImage(t)
+	labels := withFixtureLabel(nil)
+	spec := swarm.ServiceSpec{
+		Annotations:  swarm.Annotations{Name: name, Labels: labels},
+		TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: sleeperImage, Command: cmd, Labels: labels}},
+		Mode:         mode,
+		UpdateConfig: update,
+	}
+	resp, err := api.ServiceCreate(ctx(), spec, swarm.ServiceCreateOptions{})
+	must(t, err)
+	t.Cleanup(func() { _ = api.ServiceRemove(ctx(), resp.ID) })
+	return resp.ID
+}
+
+func taskStates(t *testing.T, serviceID string) map[swarm.TaskState]int {
+	t.Helper()
+	tasks, err := api.TaskList(ctx(), swarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", serviceID))})
+	must(t, err)
+	out := map[swarm.TaskState]int{}
+	for _, task := range tasks {
+		out[task.Status.State]++
+	}
+	return out
+}
+
+// A job whose task has completed is not converging: the gate stays open. Proves SPEC "The run" 4
+// (finished jobs); the gate's rule alone is TestUnconverged.
+func TestFinishedJobIsNotConverging(t *testing.T) {
+	name := "dgp-job-" + randomHex(4)
+	one := uint64(1)
+	id := createSleeperService(t, name, []string{"/sleeper", "done"},
+		swarm.ServiceMode{ReplicatedJob: &swarm.ReplicatedJob{MaxConcurrent: &one, TotalCompletions: &one}}, nil)
+	if !waitFor(t, 60*time.Second, "job "+name+"'s task completes", func() (bool, error) {
+		return taskStates(t, id)[swarm.TaskStateComplete] == 1, nil
+	}) {
+		t.FailNow()
+	}
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true"})
+	v, _ := r.report.Gate(gates.NoConvergeGate)
+	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun || !v.Open {
+		t.Fatalf("exit %d, decision %q, no_converge open %v (%s %v); want a dry run with the gate open", r.code, r.report.Decision, v.Open, v.Reason, v.Evidence)
+	}
+}
+
+// A service in the middle of a rolling update holds the no-converge gate, and the summary says
+// so, even while all its tasks run. The update waits an hour between its two tasks, so it stays
+// "updating" for the test.
+func TestServiceUpdatingSkips(t *testing.T) {
+	name := "dgp-updating-" + randomHex(4)
+	two := uint64(2)
+	id := createSleeperService(t, name, []string{"/sleeper"},
+		swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &two}},
+		&swarm.UpdateConfig{Parallelism: 1, Delay: time.Hour, Order: swarm.UpdateOrderStartFirst})
+	if !waitFor(t, 60*time.Second, "service "+name+" runs 2 tasks", func() (bool, error) {
+		return taskStates(t, id)[swarm.TaskStateRunning] == 2, nil
+	}) {
+		t.FailNow()
+	}
+	svc, _, err := api.ServiceInspectWithRaw(ctx(), id, swarm.ServiceInspectOptions{})
+	must(t, err)
+	spec := svc.Spec
+	spec.TaskTemplate.ContainerSpec.Env = append(spec.TaskTemplate.ContainerSpec.Env, "DGP_UPDATE=1")
+	_, err = api.ServiceUpdate(ctx(), id, svc.Version, spec, swarm.ServiceUpdateOptions{})
+	must(t, err)
+	if !waitFor(t, 60*time.Second, "service "+name+" is updating", func() (bool, error) {
+		s, _, err := api.ServiceInspectWithRaw(ctx(), id, swarm.ServiceInspectOptions{})
+		return err == nil && s.UpdateStatus != nil && s.UpdateStatus.State == swarm.UpdateStateUpdating, err
+	}) {
+		t.FailNow()
+	}
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true"})
+	if r.code != 0 || r.report.Decision != "skipped: "+gates.NoConvergeGate || !strings.Contains(r.stdout, "service "+name+" is updating") {
+		t.Fatalf("exit %d, decision %q; want skipped by no_converge naming %s as updating\n%s", r.code, r.report.Decision, name, r.stdout)
+	}
+}
