@@ -197,3 +197,75 @@ func TestWorkerFallback(t *testing.T) {
 		t.Fatalf("exit %d decision %q; want a dry run that says it judged a worker node", r.code, r.report.Decision)
 	}
 }
+
+// imagePhaseRoute matches the image phase's removing requests on either store: the engine's prune
+// on the classic store, one delete per image on the containerd store.
+var imagePhaseRoute = regexp.MustCompile(`^(POST /images/prune|DELETE /images/.+)$`)
+
+// An API failure in the middle of the prune phases: the phase that failed is reported failed, no
+// later phase runs, exit 1, and the last line says what failed. Proves SPEC "The run" 8 (an API
+// failure during a prune phase).
+func TestAPIErrorDuringPrunePhase(t *testing.T) {
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	stopped := makeContainer(t, containerSpec{})
+	buildCache(t)
+	time.Sleep(2100 * time.Millisecond)
+	p := startProxy(t, &faultProxy{fail: imagePhaseRoute})
+	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s"})
+	if r.code != plugin.ExitRuntime || exists(t, "container", stopped) || !exists(t, "image", old) {
+		t.Fatalf("exit %d; container gone %v, image kept %v; want exit 1, the container phase done and the image kept",
+			r.code, !exists(t, "container", stopped), exists(t, "image", old))
+	}
+	if ph, _ := r.report.Phase(plugin.PhaseImages); ph.Status != plugin.StatusFailed {
+		t.Errorf("images phase %+v, want failed", ph)
+	}
+	if ph, _ := r.report.Phase(plugin.PhaseBuildCache); ph.Status != plugin.StatusNotRun {
+		t.Errorf("build cache phase %+v, want not run after the failure", ph)
+	}
+	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
+	if last := lines[len(lines)-1]; !strings.Contains(last, "injected fault") || !strings.Contains(last, "image") {
+		t.Errorf("last stderr line does not say what failed: %q", last)
+	}
+}
+
+// A live run that appears while the image phase runs stops the build-cache phase. Proves SPEC
+// "The run" 6 (the gates re-checked before each phase, the last one included).
+func TestStackAppearsBeforeBuildCachePhase(t *testing.T) {
+	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	buildCache(t)
+	time.Sleep(2100 * time.Millisecond)
+	const lateName = "ci-run-98-late"
+	t.Cleanup(func() { _ = api.ContainerRemove(ctx(), lateName, container.RemoveOptions{Force: true}) })
+	late := make(chan error, 1)
+	var once sync.Once
+	p := startProxy(t, &faultProxy{})
+	p.beforeResponse = func(rt string) {
+		if imagePhaseRoute.MatchString(rt) {
+			once.Do(func() {
+				_, err := createContainer(containerSpec{name: lateName, start: true})
+				late <- err
+			})
+		}
+	}
+	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s", "PLUGIN_STACK_PATTERN": "^ci-run-"})
+	select {
+	case err := <-late:
+		if err != nil {
+			t.Fatalf("the live run meant to appear during the image phase could not be made: %v", err)
+		}
+	default:
+		t.Fatalf("the image phase never reached the proxy, so no live run appeared (exit %d decision %q)", r.code, r.report.Decision)
+	}
+	if r.code != 0 || r.report.Decision != "stopped: "+gates.NoRunGate+" closed before "+plugin.PhaseBuildCache {
+		t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
+	}
+	if exists(t, "image", old) {
+		t.Errorf("the image phase should have run: %s is still there", old)
+	}
+	if ph, _ := r.report.Phase(plugin.PhaseBuildCache); ph.Status != plugin.StatusNotRun {
+		t.Errorf("build cache phase %+v, want not run", ph)
+	}
+	if !strings.Contains(r.stdout, `container "`+lateName+`"`) {
+		t.Errorf("summary does not name the run that appeared")
+	}
+}
