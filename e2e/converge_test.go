@@ -12,24 +12,7 @@ import (
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
 
-// createSleeperService creates a swarm service of the sleeper image with the given mode and
-// update policy, removed at cleanup.
-func createSleeperService(t *testing.T, name string, cmd []string, mode swarm.ServiceMode, update *swarm.UpdateConfig) string {
-	t.Helper()
-	ensureSleeperImage(t)
-	labels := withFixtureLabel(nil)
-	spec := swarm.ServiceSpec{
-		Annotations:  swarm.Annotations{Name: name, Labels: labels},
-		TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: sleeperImage, Command: cmd, Labels: labels}},
-		Mode:         mode,
-		UpdateConfig: update,
-	}
-	resp, err := api.ServiceCreate(ctx(), spec, swarm.ServiceCreateOptions{})
-	must(t, err)
-	t.Cleanup(func() { _ = api.ServiceRemove(ctx(), resp.ID) })
-	return resp.ID
-}
-
+// taskStates counts the tasks of a service by state.
 func taskStates(t *testing.T, serviceID string) map[swarm.TaskState]int {
 	t.Helper()
 	tasks, err := api.TaskList(ctx(), swarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", serviceID))})
@@ -46,8 +29,8 @@ func taskStates(t *testing.T, serviceID string) map[swarm.TaskState]int {
 func TestFinishedJobIsNotConverging(t *testing.T) {
 	name := "dgp-job-" + randomHex(4)
 	one := uint64(1)
-	id := createSleeperService(t, name, []string{"/sleeper", "done"},
-		swarm.ServiceMode{ReplicatedJob: &swarm.ReplicatedJob{MaxConcurrent: &one, TotalCompletions: &one}}, nil)
+	id := makeService(t, serviceSpec{name: name, cmd: []string{"/sleeper", "done"},
+		mode: &swarm.ServiceMode{ReplicatedJob: &swarm.ReplicatedJob{MaxConcurrent: &one, TotalCompletions: &one}}})
 	if !waitFor(t, 60*time.Second, "job "+name+"'s task completes", func() (bool, error) {
 		return taskStates(t, id)[swarm.TaskStateComplete] == 1, nil
 	}) {
@@ -65,10 +48,8 @@ func TestFinishedJobIsNotConverging(t *testing.T) {
 // "updating" for the test.
 func TestServiceUpdatingSkips(t *testing.T) {
 	name := "dgp-updating-" + randomHex(4)
-	two := uint64(2)
-	id := createSleeperService(t, name, []string{"/sleeper"},
-		swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &two}},
-		&swarm.UpdateConfig{Parallelism: 1, Delay: time.Hour, Order: swarm.UpdateOrderStartFirst})
+	id := makeService(t, serviceSpec{name: name, replicas: 2,
+		update: &swarm.UpdateConfig{Parallelism: 1, Delay: time.Hour, Order: swarm.UpdateOrderStartFirst}})
 	if !waitFor(t, 60*time.Second, "service "+name+" runs 2 tasks", func() (bool, error) {
 		return taskStates(t, id)[swarm.TaskStateRunning] == 2, nil
 	}) {

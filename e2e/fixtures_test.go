@@ -326,12 +326,16 @@ func exists(t testing.TB, kind string, id string) bool {
 	return false
 }
 
-// serviceSpec describes a swarm service running the sleeper.
+// serviceSpec describes a swarm service running the sleeper: replicated with replicas, unless mode
+// is set.
 type serviceSpec struct {
 	name        string
 	labels      map[string]string
 	replicas    uint64
 	constraints []string
+	cmd         []string // default /sleeper
+	mode        *swarm.ServiceMode
+	update      *swarm.UpdateConfig
 }
 
 func makeService(t testing.TB, spec serviceSpec) string {
@@ -339,13 +343,22 @@ func makeService(t testing.TB, spec serviceSpec) string {
 	ensureSleeperImage(t)
 	replicas := spec.replicas
 	labels := withFixtureLabel(spec.labels)
+	cmd := spec.cmd
+	if len(cmd) == 0 {
+		cmd = []string{"/sleeper"}
+	}
+	mode := swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &replicas}}
+	if spec.mode != nil {
+		mode = *spec.mode
+	}
 	s := swarm.ServiceSpec{
 		Annotations: swarm.Annotations{Name: spec.name, Labels: labels},
 		TaskTemplate: swarm.TaskSpec{
-			ContainerSpec: &swarm.ContainerSpec{Image: sleeperImage, Command: []string{"/sleeper"}, Labels: labels},
+			ContainerSpec: &swarm.ContainerSpec{Image: sleeperImage, Command: cmd, Labels: labels},
 			Placement:     &swarm.Placement{Constraints: spec.constraints},
 		},
-		Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &replicas}},
+		Mode:         mode,
+		UpdateConfig: spec.update,
 	}
 	resp, err := api.ServiceCreate(ctx(), s, swarm.ServiceCreateOptions{QueryRegistry: false})
 	must(t, err)
@@ -354,9 +367,15 @@ func makeService(t testing.TB, spec serviceSpec) string {
 			t.Errorf("removing service %s: %v", spec.name, err)
 			return
 		}
-		// Task containers go away asynchronously; wait so the next test starts clean.
+		// Task containers go away asynchronously; wait so the next test starts clean. A job's
+		// completed task container stays when its service is removed: remove what has exited.
 		waitFor(t, 30*time.Second, "the task containers of removed service "+spec.name+" are gone", func() (bool, error) {
 			cs, err := api.ContainerList(ctx(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "com.docker.swarm.service.id="+resp.ID))})
+			for _, c := range cs {
+				if c.State == "exited" {
+					_ = api.ContainerRemove(ctx(), c.ID, container.RemoveOptions{})
+				}
+			}
 			return len(cs) == 0, err
 		})
 	})
