@@ -71,31 +71,7 @@ func TestStackAppearsBetweenPhases(t *testing.T) {
 	stopped := makeContainer(t, containerSpec{})
 	buildCache(t)
 	time.Sleep(2100 * time.Millisecond)
-	// The late container is made on the proxy's goroutine, which must not fail the test: the
-	// outcome comes back over late and is checked here. Cleanup goes by name, so it also finds a
-	// container whose start failed.
-	const lateName = "ci-run-99-late"
-	t.Cleanup(func() { _ = api.ContainerRemove(ctx(), lateName, container.RemoveOptions{Force: true}) })
-	late := make(chan error, 1)
-	var once sync.Once
-	p := startProxy(t, &faultProxy{})
-	p.beforeResponse = func(rt string) {
-		if rt == "POST /containers/prune" {
-			once.Do(func() {
-				_, err := createContainer(containerSpec{name: lateName, start: true})
-				late <- err
-			})
-		}
-	}
-	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s", "PLUGIN_STACK_PATTERN": "^ci-run-"})
-	select {
-	case err := <-late:
-		if err != nil {
-			t.Fatalf("the live run meant to appear between the phases could not be made: %v", err)
-		}
-	default:
-		t.Fatalf("the plugin's container prune never reached the proxy, so no live run appeared (exit %d decision %q)", r.code, r.report.Decision)
-	}
+	r := runWithLateRun(t, "ci-run-99-late", regexp.MustCompile(`^POST /containers/prune$`))
 	if r.code != 0 || r.report.Decision != "stopped: "+gates.NoRunGate+" closed before "+plugin.PhaseImages {
 		t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
 	}
@@ -202,6 +178,37 @@ func TestWorkerFallback(t *testing.T) {
 // on the classic store, one delete per image on the containerd store.
 var imagePhaseRoute = regexp.MustCompile(`^(POST /images/prune|DELETE /images/.+)$`)
 
+// runWithLateRun runs a forced plugin run with stack_pattern ^ci-run- through a proxy that starts a
+// container named lateName (a live run) while it answers the first request matching when, and
+// fails the test unless that container was made. The container is made on the proxy's goroutine,
+// which must not fail the test: the outcome comes back over a channel and is checked here.
+// Cleanup goes by name, so it also finds a container whose start failed.
+func runWithLateRun(t *testing.T, lateName string, when *regexp.Regexp) result {
+	t.Helper()
+	t.Cleanup(func() { _ = api.ContainerRemove(ctx(), lateName, container.RemoveOptions{Force: true}) })
+	late := make(chan error, 1)
+	var once sync.Once
+	p := startProxy(t, &faultProxy{})
+	p.beforeResponse = func(rt string) {
+		if when.MatchString(rt) {
+			once.Do(func() {
+				_, err := createContainer(containerSpec{name: lateName, start: true})
+				late <- err
+			})
+		}
+	}
+	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s", "PLUGIN_STACK_PATTERN": "^ci-run-"})
+	select {
+	case err := <-late:
+		if err != nil {
+			t.Fatalf("the live run meant to appear during the run could not be made: %v", err)
+		}
+	default:
+		t.Fatalf("no request matching %s reached the proxy, so no live run appeared (exit %d decision %q)", when, r.code, r.report.Decision)
+	}
+	return r
+}
+
 // An API failure in the middle of the prune phases: the phase that failed is reported failed, no
 // later phase runs, exit 1, and the last line says what failed. Proves SPEC "The run" 8 (an API
 // failure during a prune phase).
@@ -235,27 +242,7 @@ func TestStackAppearsBeforeBuildCachePhase(t *testing.T) {
 	buildCache(t)
 	time.Sleep(2100 * time.Millisecond)
 	const lateName = "ci-run-98-late"
-	t.Cleanup(func() { _ = api.ContainerRemove(ctx(), lateName, container.RemoveOptions{Force: true}) })
-	late := make(chan error, 1)
-	var once sync.Once
-	p := startProxy(t, &faultProxy{})
-	p.beforeResponse = func(rt string) {
-		if imagePhaseRoute.MatchString(rt) {
-			once.Do(func() {
-				_, err := createContainer(containerSpec{name: lateName, start: true})
-				late <- err
-			})
-		}
-	}
-	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s", "PLUGIN_STACK_PATTERN": "^ci-run-"})
-	select {
-	case err := <-late:
-		if err != nil {
-			t.Fatalf("the live run meant to appear during the image phase could not be made: %v", err)
-		}
-	default:
-		t.Fatalf("the image phase never reached the proxy, so no live run appeared (exit %d decision %q)", r.code, r.report.Decision)
-	}
+	r := runWithLateRun(t, lateName, imagePhaseRoute)
 	if r.code != 0 || r.report.Decision != "stopped: "+gates.NoRunGate+" closed before "+plugin.PhaseBuildCache {
 		t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
 	}
