@@ -28,29 +28,23 @@ const fleetImage = "dgp-plugin:bench"
 // task included (about as many as a separate run there).
 func (e *env) fleet(ctx context.Context, cfg config) error {
 	name := "fb" + fixtures.RandomHex(2)
-	out, err := exec.Command("bash", "scripts/test-engine.sh", "swarm", name).Output()
+	hosts, err := fixtures.StartSwarm("scripts/test-engine.sh", name)
 	if err != nil {
-		return fmt.Errorf("starting a 3-node swarm (scripts/test-engine.sh build first): %w\n%s", err, out)
+		return fmt.Errorf("%w (scripts/test-engine.sh build first)", err)
 	}
 	defer func() {
-		if out, err := exec.Command("bash", "scripts/test-engine.sh", "stop", name).CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "bench: stopping swarm %s: %v\n%s", name, err, out)
+		if err := fixtures.StopSwarm("scripts/test-engine.sh", name); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
 		}
 	}()
-	var hosts []string
 	var nodes []*client.Client
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok && strings.HasPrefix(k, "DOCKER_HOST_") {
-			c, err := client.NewClientWithOpts(client.WithHost(v), client.WithAPIVersionNegotiation())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			hosts, nodes = append(hosts, v), append(nodes, c)
+	for _, h := range hosts {
+		c, err := client.NewClientWithOpts(client.WithHost(h), client.WithAPIVersionNegotiation())
+		if err != nil {
+			return err
 		}
-	}
-	if len(nodes) != 3 {
-		return fmt.Errorf("want 3 nodes, got %q", out)
+		defer c.Close()
+		nodes = append(nodes, c)
 	}
 	if out, err := exec.Command("sh", "scripts/build-image.sh", fleetImage, "bench").CombinedOutput(); err != nil {
 		return fmt.Errorf("building %s: %w\n%s", fleetImage, err, out)
@@ -62,10 +56,6 @@ func (e *env) fleet(ctx context.Context, cfg config) error {
 		if err := fixtures.LoadSleeper(ctx, c, sleeperImage, e.sleeperBin); err != nil {
 			return err
 		}
-	}
-	run := os.Getenv("DGP_RUN")
-	if run == "" {
-		run = "/tmp/dgp-engines"
 	}
 	// until 1s: the containerd image store judges an image's age by when it was loaded here.
 	settings := map[string]string{"force": "true", "until": "1s", "timeout": "2m"}
@@ -116,7 +106,7 @@ func (e *env) fleet(ctx context.Context, cfg config) error {
 		if err := work(); err != nil {
 			return err
 		}
-		raw := map[string]string{"fleet": "true", "fleet_image": fleetImage, "fleet_socket": run + "/{{.Node.Hostname}}/docker.sock"}
+		raw := map[string]string{"fleet": "true", "fleet_image": fleetImage, "fleet_socket": fixtures.EngineRunDir() + "/{{.Node.Hostname}}/docker.sock"}
 		for k, v := range settings {
 			raw[k] = v
 		}

@@ -31,27 +31,19 @@ type fleetSwarm struct {
 func startSwarm(t *testing.T) *fleetSwarm {
 	t.Helper()
 	name := "fl" + randomHex(2)
-	out, err := exec.Command("bash", "../scripts/test-engine.sh", "swarm", name).Output()
-	if err != nil {
-		t.Fatalf("starting a 3-node swarm: %v\n%s", err, out)
-	}
+	hosts, err := fixtures.StartSwarm("../scripts/test-engine.sh", name)
+	must(t, err)
 	t.Cleanup(func() {
-		if out, err := exec.Command("bash", "../scripts/test-engine.sh", "stop", name).CombinedOutput(); err != nil {
-			t.Errorf("stopping swarm %s: %v\n%s", name, err, out)
+		if err := fixtures.StopSwarm("../scripts/test-engine.sh", name); err != nil {
+			t.Error(err)
 		}
 	})
-	s := &fleetSwarm{name: name}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok && strings.HasPrefix(k, "DOCKER_HOST_") {
-			c, err := client.NewClientWithOpts(client.WithHost(v), client.WithAPIVersionNegotiation())
-			must(t, err)
-			t.Cleanup(func() { _ = c.Close() })
-			s.nodes = append(s.nodes, c)
-			s.hosts = append(s.hosts, v)
-		}
-	}
-	if len(s.nodes) != 3 {
-		t.Fatalf("want 3 nodes, got %q", out)
+	s := &fleetSwarm{name: name, hosts: hosts}
+	for _, h := range hosts {
+		c, err := client.NewClientWithOpts(client.WithHost(h), client.WithAPIVersionNegotiation())
+		must(t, err)
+		t.Cleanup(func() { _ = c.Close() })
+		s.nodes = append(s.nodes, c)
 	}
 	buildPluginImage(t)
 	ensureSleeperImage(t)
@@ -60,12 +52,8 @@ func startSwarm(t *testing.T) *fleetSwarm {
 			t.Fatalf("loading %s into the nodes: %v\n%s", image, err, out)
 		}
 	}
-	run := os.Getenv("DGP_RUN")
-	if run == "" {
-		run = "/tmp/dgp-engines"
-	}
 	s.env = map[string]string{"DOCKER_HOST": s.hosts[0], "PLUGIN_FLEET": "true", "PLUGIN_FLEET_IMAGE": pluginImageTag,
-		"PLUGIN_FLEET_SOCKET": run + "/{{.Node.Hostname}}/docker.sock", "PLUGIN_TIMEOUT": "2m"}
+		"PLUGIN_FLEET_SOCKET": fixtures.EngineRunDir() + "/{{.Node.Hostname}}/docker.sock", "PLUGIN_TIMEOUT": "2m"}
 	return s
 }
 
