@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/http"
 	"os"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -22,6 +23,7 @@ import (
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/versions"
 	"github.com/docker/docker/client"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
 )
@@ -304,12 +306,13 @@ func (e *Engine) StoppedContainers(ctx context.Context, cutoff time.Time, labels
 			continue // the container list takes no label!= filter
 		}
 		candidates = append(candidates, listed{Object{ID: c.ID, Name: containerName(c.Names), Size: c.SizeRw}, c.Created,
-			func() (string, error) {
-				inspect, err := e.api.ContainerInspect(qctx, c.ID)
+			func(ctx context.Context) (string, error) {
+				inspect, err := e.api.ContainerInspect(ctx, c.ID)
 				return inspect.Created, err
 			}})
 	}
-	return e.createdBy(candidates, cutoff)
+	objs, _, err := e.createdBy(qctx, candidates, cutoff)
+	return objs, err
 }
 
 // ImagesInUse lists the image IDs used by containers, running or stopped, other than the ones
@@ -332,89 +335,132 @@ func (e *Engine) ImagesInUse(ctx context.Context, skip map[string]bool) (map[str
 
 // DanglingImages lists the heads the image prune considers: untagged images without children,
 // created at or before cutoff and carrying labels. In-use images are among them; the engine skips
-// those. An image listed in the cutoff's own second is inspected for its exact time, as the engine
-// compares that.
-func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector, store Store) ([]Object, error) {
+// those. An image listed in the cutoff's own second, or at the Unix epoch or before (the list's
+// reading of both a config created then and one with no creation time), is inspected for its exact
+// time, as the engine compares that. noTime counts the images without a creation time, which are
+// left out: the engine's prune keeps them too, except Engine 20.10's classic store.
+func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector, store Store) (heads []Object, noTime int, err error) {
 	qctx, cancel := e.query(ctx)
 	defer cancel()
 	f := withLabels(filters.NewArgs(filters.Arg("dangling", "true")), labels)
 	list, err := e.api.ImageList(qctx, image.ListOptions{Filters: f})
 	if err != nil {
-		return nil, e.failed("listing dangling images (GET /images/json)", err)
+		return nil, 0, e.failed("listing dangling images (GET /images/json)", err)
 	}
 	candidates := make([]listed, 0, len(list))
 	for _, im := range list {
-		if _, keep := im.Labels[KeepLabel]; keep || im.Created <= 0 {
-			// Kept by label (the image list takes no label!= filter), or without a creation time,
-			// which the engine never prunes when until is set.
-			continue
+		if _, keep := im.Labels[KeepLabel]; keep {
+			continue // the image list takes no label!= filter
 		}
 		candidates = append(candidates, listed{Object{ID: im.ID, Size: im.Size}, im.Created,
-			func() (string, error) { inspect, err := e.api.ImageInspect(qctx, im.ID); return inspect.Created, err }})
+			func(ctx context.Context) (string, error) {
+				inspect, err := e.api.ImageInspect(ctx, im.ID)
+				return inspect.Created, err
+			}})
 	}
 	if store.Containerd {
-		return e.oldRecords(qctx, candidates, cutoff)
+		heads, err = e.oldRecords(qctx, candidates, cutoff)
+		return heads, 0, err
 	}
-	return e.createdBy(candidates, cutoff)
+	return e.createdBy(qctx, candidates, cutoff)
 }
+
+// inspectWorkers is how many image inspects or deletes the image phase keeps in flight: the
+// engine answers them concurrently, and a few in flight hide each request's round trip.
+const inspectWorkers = 8
 
 // oldRecords keeps, on the containerd image store, the images whose config created time and
 // record time (GET /images/{id}/json Metadata.LastTagTime: when the record was loaded, pulled,
 // tagged or left dangling) are both at or before cutoff. The store's own prune compares the record
 // time, which the list does not give; a backdated config alone does not make an image old here.
+// The images are inspected inspectWorkers at a time.
 func (e *Engine) oldRecords(ctx context.Context, candidates []listed, cutoff time.Time) ([]Object, error) {
+	old := make([]bool, len(candidates))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(inspectWorkers)
+	for i := range candidates {
+		c := &candidates[i]
+		g.Go(func() error {
+			inspect, err := e.api.ImageInspect(gctx, c.ID)
+			if cerrdefs.IsNotFound(err) {
+				return nil // removed since it was listed
+			}
+			if err != nil {
+				return e.failed("reading image "+c.ID+"'s times (GET /images/{id}/json)", err)
+			}
+			created, ok, err := parseCreated(inspect.Created)
+			if err != nil || !ok {
+				// No creation time (or an image being deleted by another run): prune less.
+				return err
+			}
+			c.Created = created
+			if inspect.Metadata.LastTagTime.After(created) {
+				c.Created = inspect.Metadata.LastTagTime
+			}
+			old[i] = !c.Created.After(cutoff)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
 	var out []Object
-	for _, c := range candidates {
-		inspect, err := e.api.ImageInspect(ctx, c.ID)
-		if cerrdefs.IsNotFound(err) {
-			continue // removed since it was listed
-		}
-		if err != nil {
-			return nil, e.failed("reading image "+c.ID+"'s times (GET /images/{id}/json)", err)
-		}
-		if inspect.Created == "" {
-			continue // no creation time (or an image being deleted by another run): prune less
-		}
-		created, err := time.Parse(time.RFC3339Nano, inspect.Created)
-		if err != nil {
-			return nil, &RuntimeError{What: "reading the creation time of " + c.ID, Err: err}
-		}
-		c.Created = created
-		if inspect.Metadata.LastTagTime.After(created) {
-			c.Created = inspect.Metadata.LastTagTime
-		}
-		if !c.Created.After(cutoff) {
+	for i, c := range candidates {
+		if old[i] {
 			out = append(out, c.Object)
 		}
 	}
 	return out, nil
 }
 
-// DeleteImage deletes one image (DELETE /images/{id}?noprune=1, never forced), as the image
-// phase does on the containerd image store: its prune endpoint drops the leases of pulls in
-// flight and makes them fail (moby/moby#53321), a single delete does not. With noprune the engine
-// deletes that image only: on this store a delete that prunes parents also takes dangling
-// ancestors that another image still has as its parent, which the plan keeps. kept is true when
-// the image became used or was deleted meanwhile: the prune would skip it too.
-func (e *Engine) DeleteImage(ctx context.Context, id string) (deleted, untagged []string, kept bool, err error) {
+// parseCreated reads an inspected creation time; ok is false when the object has none (engines
+// give "" or the zero time for an image config without "created"). The Unix epoch is a time.
+func parseCreated(s string) (t time.Time, ok bool, err error) {
+	if s == "" {
+		return time.Time{}, false, nil
+	}
+	t, err = time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, false, &RuntimeError{What: "reading a creation time the daemon reported", Err: err}
+	}
+	return t, !t.IsZero(), nil
+}
+
+// DanglingRecord is the containerd image store's own name for an image's dangling record.
+func DanglingRecord(id string) string { return "moby-dangling@" + id }
+
+// DeleteImage deletes one image by ref (DELETE /images/{ref}?noprune=1, never forced), as the
+// image phase does on the containerd image store, where its prune endpoint drops the leases of
+// pulls in flight and makes them fail (moby/moby#53321) and a single delete does not, and where
+// the plan is narrower than the classic store's prune. There ref is the image's dangling record
+// (DanglingRecord): a delete by that name removes that record only, so a tag or digest reference
+// that names the same image, even one made since the listing, keeps it; a delete by ID would
+// remove every record of the image, its tags included. On the classic store ref is the ID. With
+// noprune the engine deletes that image only, whose untagged parents the plan lists apart. kept
+// is true when the image became used or was deleted meanwhile: the prune would skip it too.
+func (e *Engine) DeleteImage(ctx context.Context, ref string) (deleted, untagged []string, kept bool, err error) {
 	dctx, cancel := e.pruneContext(ctx)
-	items, err := e.api.ImageRemove(dctx, id, image.RemoveOptions{PruneChildren: false})
+	items, err := e.api.ImageRemove(dctx, ref, image.RemoveOptions{PruneChildren: false})
 	cancel()
 	switch {
 	case cerrdefs.IsConflict(err) || cerrdefs.IsNotFound(err):
 		return nil, nil, true, nil
 	case err != nil:
-		return nil, nil, false, e.failed("deleting dangling image "+id+" (DELETE /images/{id})", err)
+		return nil, nil, false, e.failed("deleting dangling image "+ref+" (DELETE /images/{name})", err)
 	}
 	for _, d := range items {
 		if d.Deleted != "" {
 			deleted = append(deleted, d.Deleted)
 		}
-		if d.Untagged != "" {
+		if d.Untagged != "" && d.Untagged != ref {
 			untagged = append(untagged, d.Untagged)
 		}
 	}
-	return deleted, untagged, false, nil
+	if len(deleted) == 0 {
+		// Only the dangling record went: a reference made since the listing names the image.
+		kept = true
+	}
+	return deleted, untagged, kept, nil
 }
 
 // listed is an object as a list gives it: its creation time in whole seconds, and how to ask for
@@ -422,29 +468,38 @@ func (e *Engine) DeleteImage(ctx context.Context, id string) (deleted, untagged 
 type listed struct {
 	Object
 	created int64
-	inspect func() (string, error)
+	inspect func(context.Context) (string, error)
 }
 
 // createdBy keeps the objects created at or before cutoff, as the engine decides: it compares the
-// exact time, so an object listed in the cutoff's own second is inspected.
-func (e *Engine) createdBy(candidates []listed, cutoff time.Time) ([]Object, error) {
-	var out []Object
+// exact time, so an object listed in the cutoff's own second, or at the Unix epoch or before, is
+// inspected. noTime counts the objects without a creation time, which are left out.
+func (e *Engine) createdBy(ctx context.Context, candidates []listed, cutoff time.Time) (out []Object, noTime int, err error) {
 	for _, c := range candidates {
 		c.Created = time.Unix(c.created, 0)
-		if c.created == cutoff.Unix() {
-			exact, err := c.inspect()
+		if c.created == cutoff.Unix() || c.created <= 0 {
+			exact, err := c.inspect(ctx)
+			if cerrdefs.IsNotFound(err) {
+				continue // removed since it was listed
+			}
 			if err != nil {
-				return nil, e.failed("reading the exact creation time of "+c.ID, err)
+				return nil, 0, e.failed("reading the exact creation time of "+c.ID, err)
 			}
-			if c.Created, err = time.Parse(time.RFC3339Nano, exact); err != nil {
-				return nil, &RuntimeError{What: "reading the creation time of " + c.ID, Err: err}
+			created, ok, err := parseCreated(exact)
+			if err != nil {
+				return nil, 0, err
 			}
+			if !ok {
+				noTime++
+				continue
+			}
+			c.Created = created
 		}
 		if !c.Created.After(cutoff) {
 			out = append(out, c.Object)
 		}
 	}
-	return out, nil
+	return out, noTime, nil
 }
 
 // Images lists every image, intermediate ones included (GET /images/json?all=1): the image prune
@@ -491,7 +546,7 @@ func (e *Engine) UnusedBuildCache(ctx context.Context, cutoff time.Time) ([]Obje
 	}
 	var out []Object
 	for _, r := range records {
-		if prunableCache(r) && (r.LastUsedAt == nil || r.LastUsedAt.Before(cutoff)) {
+		if prunableCache(r) && (r.LastUsedAt == nil || r.LastUsedAt.Before(cutoff)) && cacheIDForm.MatchString(r.ID) {
 			out = append(out, Object{ID: r.ID, Name: r.Description, Size: r.Size, Created: r.CreatedAt})
 		}
 	}
@@ -581,8 +636,8 @@ func (e *Engine) SpaceHolders(ctx context.Context) (*SpaceAdvice, error) {
 // adviceImages is how many of the largest unused tagged images the advice names.
 const adviceImages = 5
 
-// buildCacheMargin is added to the build-cache age: more than a request's latency to a local
-// daemon, far less than any `until` worth setting.
+// buildCacheMargin is taken off the build-cache age sent with the record IDs: more than the error
+// of the daemon's clock as read from GET /info, far less than any `until` worth setting.
 const buildCacheMargin = 100 * time.Millisecond
 
 // ErrPruneRunning marks a phase skipped because another prune of the same kind was running on
@@ -629,25 +684,55 @@ func (e *Engine) PruneDanglingImages(ctx context.Context, cutoff time.Time, labe
 	return deleted, untagged, r.SpaceReclaimed, nil
 }
 
-// PruneBuildCache removes unused build cache last used before cutoff (POST /build/prune, never
-// --all). Engines before 23.0 accept only a duration as `until` here (observed on 20.10), so the
-// cutoff is sent as the age it has on the daemon's clock, plus a margin for the request's way to
-// the daemon, so that the daemon's own later "now" can only move the cutoff earlier (prune less).
-// The engine ignores label filters here, so none are sent.
-func (e *Engine) PruneBuildCache(ctx context.Context, cutoff, daemonNow time.Time) ([]string, uint64, error) {
-	ctx, cancel := e.pruneContext(ctx)
-	defer cancel()
-	age := daemonNow.Sub(cutoff).Round(time.Millisecond) + buildCacheMargin
-	f := filters.NewArgs(filters.Arg("until", age.String()))
-	r, err := e.api.BuildCachePrune(ctx, build.CachePruneOptions{Filters: f})
-	if err != nil {
-		return nil, 0, e.pruneErr("pruning build cache (POST /build/prune)", err)
+// PruneBuildCache removes the given unused build-cache records unless a build used them since
+// they were listed (POST /build/prune, never --all). The records go by an id filter, which the
+// engine reads as a regular expression and accepts once per call, so they are sent cacheBatch at
+// a time; the run lists them before the image phase, which can free records it shared with an
+// image, so a real run removes what its dry run lists and no more. Engines before 23.0 accept only
+// a duration as `until` here (observed on 20.10), so the cutoff is sent as its age on the daemon's
+// clock less a margin: BuildKit's own cut then falls at or after the cutoff whatever the request's
+// latency, so every listed record passes it, and the IDs keep out what is younger. The engine
+// ignores label filters here, so none are sent.
+func (e *Engine) PruneBuildCache(ctx context.Context, ids []string, cutoff, daemonNow time.Time) ([]string, uint64, error) {
+	age := max(daemonNow.Sub(cutoff).Round(time.Millisecond)-buildCacheMargin, time.Millisecond)
+	var removed []string
+	var reclaimed uint64
+	for batch := range slices.Chunk(ids, cacheBatch) {
+		pctx, cancel := e.pruneContext(ctx)
+		f := filters.NewArgs(filters.Arg("until", age.String()), filters.Arg("id", cacheIDPattern(batch)))
+		r, err := e.api.BuildCachePrune(pctx, build.CachePruneOptions{Filters: f})
+		cancel()
+		if err != nil {
+			return removed, reclaimed, e.pruneErr("pruning build cache (POST /build/prune)", err)
+		}
+		removed = append(removed, r.CachesDeleted...)
+		reclaimed += r.SpaceReclaimed
+		if ctx.Err() != nil {
+			break
+		}
 	}
-	return r.CachesDeleted, r.SpaceReclaimed, nil
+	return removed, reclaimed, nil
 }
+
+// cacheBatch is how many build-cache records one prune call names.
+const cacheBatch = 100
+
+// cacheIDPattern is the id filter naming exactly these records: the engine hands it to BuildKit
+// as `id~=VALUE`, a regular expression, which a quoted operand keeps whole.
+func cacheIDPattern(ids []string) string {
+	return `"^(` + strings.Join(ids, "|") + `)$"`
+}
+
+// cacheIDForm is what a build-cache record ID looks like; a record named otherwise is not sent.
+var cacheIDForm = regexp.MustCompile(`^[a-z0-9]+$`)
 
 // failed wraps an Engine API error as a runtime error that names the call and the daemon.
 func (e *Engine) failed(what string, err error) error {
+	var stop *StopCause
+	if errors.As(err, &stop) {
+		// The run's timeout or a signal cut the call short: the daemon may well have answered.
+		return &RuntimeError{What: "stopped while " + what, Err: stop}
+	}
 	if client.IsErrConnectionFailed(err) {
 		return &RuntimeError{What: what, Err: fmt.Errorf("daemon unreachable at %s: %w", e.api.DaemonHost(), err)}
 	}

@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/docker/docker/api/types/swarm"
@@ -36,5 +38,23 @@ func TestHealthFromStatus(t *testing.T) {
 		if got := health(status); got != want {
 			t.Errorf("health(%q) = %q, want %q", status, got, want)
 		}
+	}
+}
+
+// The build-cache id filter names exactly the records given: BuildKit reads it as a regular
+// expression, quoted so that its bars and parentheses stay in one operand.
+func TestCacheIDPattern(t *testing.T) {
+	p := cacheIDPattern([]string{"abc123", "def456"})
+	if p != `"^(abc123|def456)$"` {
+		t.Fatalf("pattern %s", p)
+	}
+	re := regexp.MustCompile(strings.Trim(p, `"`))
+	for id, want := range map[string]bool{"abc123": true, "def456": true, "abc1234": false, "xabc123": false, "abc": false} {
+		if re.MatchString(id) != want {
+			t.Errorf("%s matched %v", id, !want)
+		}
+	}
+	if cacheIDForm.MatchString(`a"b`) || cacheIDForm.MatchString("a|b") || !cacheIDForm.MatchString("vkd2q4gf0ma3x1yc3wbd6iz9a") {
+		t.Error("cacheIDForm lets through an ID that would break the filter, or stops a real one")
 	}
 }

@@ -61,6 +61,12 @@ func (e *RuntimeError) Unwrap() error { return e.Err }
 // ExitCode is 1.
 func (e *RuntimeError) ExitCode() int { return ExitRuntime }
 
+// StopCause is why a run was stopped from outside its calls: its timeout, or a signal. An Engine
+// API call cut short by it is reported as stopped, not as a daemon that did not answer.
+type StopCause struct{ Reason string }
+
+func (e *StopCause) Error() string { return e.Reason }
+
 // UsageError is a command line that cannot be read (an unknown flag, a stray argument): exit 2,
 // nothing contacted.
 type UsageError struct{ Problem string }

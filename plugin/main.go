@@ -49,7 +49,7 @@ func Main(ctx context.Context, inv Invocation) int {
 		go func() {
 			select {
 			case sig := <-inv.Signals:
-				cancel(fmt.Errorf("received %s", sig))
+				cancel(&StopCause{Reason: fmt.Sprintf("received %s", sig)})
 			case <-ctx.Done():
 			}
 		}()

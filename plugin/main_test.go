@@ -87,6 +87,33 @@ func TestMainSignalStops(t *testing.T) {
 	}
 }
 
+// A timeout that cuts a call short names the call it stopped and the timeout, not an unreachable
+// daemon: this daemon accepts the connection and would answer later.
+func TestMainTimeoutNamesTheCall(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "slow.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // accepted, answered by nobody before the timeout
+		}
+	}()
+	t.Setenv("DOCKER_HOST", "unix://"+sock)
+	inv, stdout, stderr := invocation(map[string]string{"force": "true", "timeout": "200ms"})
+	code := Main(t.Context(), inv)
+	line := stderr.String()
+	if code != ExitRuntime || !strings.Contains(line, "stopped while asking the daemon for its data root (GET /info): timeout 200ms reached") || strings.Contains(line, "unreachable") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
 // The command's channel receives SIGTERM and SIGINT, sent to this process for real.
 func TestTerminationSignals(t *testing.T) {
 	ch := TerminationSignals()

@@ -251,7 +251,8 @@ func checkBrackets(p string) error {
 
 var labelKeyPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
 
-// ParseLabelSelectors reads a list of "key" or "key=value" selectors.
+// ParseLabelSelectors reads a list of "key" or "key=value" selectors, split at the first "=": a
+// label value may hold "=" itself, as the engine's label filters allow.
 func ParseLabelSelectors(s string) ([]gates.LabelSelector, error) {
 	accepted := fmt.Errorf("a comma-separated list of label selectors, each key or key=value")
 	items, err := SplitList(s)
@@ -261,7 +262,7 @@ func ParseLabelSelectors(s string) ([]gates.LabelSelector, error) {
 	var out []gates.LabelSelector
 	for _, item := range items {
 		key, value, hasValue := strings.Cut(item, "=")
-		if !labelKeyPattern.MatchString(key) || strings.ContainsAny(value, "=,\n") {
+		if !labelKeyPattern.MatchString(key) || strings.ContainsAny(value, ",\n") {
 			return nil, fmt.Errorf("a comma-separated list of label selectors, each key or key=value (%q is neither)", item)
 		}
 		out = append(out, gates.LabelSelector{Key: key, Value: value, HasValue: hasValue})

@@ -107,3 +107,15 @@ func TestSummaryNamesEveryPatternAsParsed(t *testing.T) {
 		}
 	}
 }
+
+// A label selector splits at its first "=": Docker label values may hold "=" themselves.
+func TestLabelSelectorValueHoldsEquals(t *testing.T) {
+	got, err := ParseLabelSelectors("key=a=b,plain,empty=")
+	want := []gates.LabelSelector{{Key: "key", Value: "a=b", HasValue: true}, {Key: "plain"}, {Key: "empty", HasValue: true}}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("ParseLabelSelectors = %v, %v; want %v", got, err, want)
+	}
+	if !got[0].Matches(map[string]string{"key": "a=b"}) || got[0].Matches(map[string]string{"key": "a"}) {
+		t.Errorf("%v matches the wrong values", got[0])
+	}
+}

@@ -1,6 +1,7 @@
 package plugin
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"slices"
@@ -8,6 +9,8 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/image"
+
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
 )
 
 // pruning is what the phases of one run share: the cutoff on the daemon's clock, how far the
@@ -21,6 +24,9 @@ type pruning struct {
 	store Store
 	// cacheWouldRemove is what a dry run's build-cache phase would remove, for the budget phase.
 	cacheWouldRemove int64
+	// cachePlan is what the build-cache phase of a real run may remove, listed before the image
+	// phase as a dry run lists it.
+	cachePlan []Object
 }
 
 // prunePhase carries out (or, in a dry run, lists) one phase.
@@ -65,28 +71,36 @@ func (r *Run) pruneContainers(ctx context.Context, p *pruning, ph *PhaseReport) 
 
 // pruneImages removes (or lists) dangling images created at or before the cutoff, with the
 // untagged parents the engine deletes along with them. Every image ID the engine reports deleted
-// is counted as an image; the other IDs it reports are layers.
+// is counted as an image; the other IDs it reports are layers. The classic store's prune endpoint
+// is used where it removes exactly the plan; elsewhere the plan is deleted image by image.
 func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) error {
 	ph.Filters = append(PruneFilterText(p.cutoff, r.Config.Labels), "dangling=true")
+	if !r.Config.DryRun && len(r.Config.Labels) == 0 {
+		// What the build-cache phase may remove, before this phase frees the records an image shared.
+		var err error
+		if p.cachePlan, err = r.Engine.UnusedBuildCache(ctx, p.cutoff); err != nil {
+			return err
+		}
+	}
 	all, err := r.Engine.Images(ctx)
 	if err != nil {
 		return err
 	}
-	if r.Config.DryRun || p.store.Containerd {
-		heads, err := r.Engine.DanglingImages(ctx, p.cutoff, r.Config.Labels, p.store)
-		if err != nil {
-			return err
-		}
-		inUse, err := r.Engine.ImagesInUse(ctx, p.removedContainers)
-		if err != nil {
-			return err
-		}
-		plan := imagePrunePlan(heads, all, inUse)
-		if r.Config.DryRun {
-			setObjects(ph, StatusWouldRemove, byID(plan))
-			return nil
-		}
-		return r.deleteImages(ctx, plan, all, ph)
+	heads, noTime, err := r.Engine.DanglingImages(ctx, p.cutoff, r.Config.Labels, p.store)
+	if err != nil {
+		return err
+	}
+	inUse, err := r.Engine.ImagesInUse(ctx, p.removedContainers)
+	if err != nil {
+		return err
+	}
+	plan := planImagePrune(heads, all, inUse, r.Config.Labels)
+	if r.Config.DryRun {
+		setObjects(ph, StatusWouldRemove, byID(plan.Images))
+		return nil
+	}
+	if p.store.Containerd || plan.Narrower || noTime > 0 {
+		return r.deleteImages(ctx, plan.Images, all, p.store, ph)
 	}
 	known := map[string]image.Summary{}
 	for _, im := range all {
@@ -109,51 +123,109 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 	return nil
 }
 
-// deleteImages deletes the planned images one by one, each after its planned children (the
-// containerd image store's way, see Engine.DeleteImage), and reports what the engine deleted; the
+// deletion is one image delete's answer.
+type deletion struct {
+	image             Object
+	deleted, untagged []string
+	kept              bool
+	err               error
+}
+
+// deleteImages deletes the planned images one by one (see Engine.DeleteImage), inspectWorkers at a
+// time, each once every planned child of it is gone, and reports what the engine deleted; the
 // bytes are the deleted images' listed sizes, as the engine reports none for a delete. A parent
-// whose child stayed (it became used meanwhile) stays too, as the plan's rule has it.
-func (r *Run) deleteImages(ctx context.Context, plan []Object, all []image.Summary, ph *PhaseReport) error {
+// whose child stayed (it became used meanwhile) stays too, as the plan's rule has it. After a
+// failure or a stop no further delete is sent; those in flight are awaited.
+func (r *Run) deleteImages(ctx context.Context, plan []Object, all []image.Summary, store Store, ph *PhaseReport) error {
 	known := map[string]Object{}
 	parent := map[string]string{}
 	for _, im := range all {
 		known[im.ID] = imageObject(im)
 		parent[im.ID] = im.ParentID
 	}
+	planned := map[string]Object{}
+	children := map[string]int{} // planned children not yet deleted
+	for _, o := range plan {
+		planned[o.ID] = o
+	}
+	for _, o := range plan {
+		if _, ok := planned[parent[o.ID]]; ok {
+			children[parent[o.ID]]++
+		}
+	}
+	var ready []Object
+	for _, o := range plan {
+		if children[o.ID] == 0 {
+			ready = append(ready, o)
+		}
+	}
 	childKept := map[string]bool{}
+	// done lets a parent go once its last planned child is settled.
+	done := func(id string, kept bool) {
+		up := parent[id]
+		if _, ok := planned[up]; !ok {
+			return
+		}
+		childKept[up] = childKept[up] || kept
+		if children[up]--; children[up] == 0 {
+			ready = append(ready, planned[up])
+		}
+	}
+	answers := make(chan deletion)
 	var objs []Object
 	var err error
-	for _, o := range plan {
-		if ctx.Err() != nil {
-			err = ctx.Err()
+	inFlight := 0
+	for {
+		for err == nil && len(ready) > 0 && inFlight < inspectWorkers {
+			if ctx.Err() != nil {
+				err = ctx.Err()
+				break
+			}
+			o := ready[0]
+			ready = ready[1:]
+			if childKept[o.ID] {
+				done(o.ID, true)
+				continue
+			}
+			inFlight++
+			go func() {
+				ref := o.ID
+				if store.Containerd {
+					ref = DanglingRecord(o.ID)
+				}
+				d := deletion{image: o}
+				d.deleted, d.untagged, d.kept, d.err = r.Engine.DeleteImage(ctx, ref)
+				answers <- d
+			}()
+		}
+		if inFlight == 0 {
 			break
 		}
-		if childKept[o.ID] {
-			childKept[parent[o.ID]] = true
+		d := <-answers
+		inFlight--
+		if d.err != nil {
+			err = cmp.Or(err, d.err)
 			continue
 		}
-		deleted, untagged, kept, derr := r.Engine.DeleteImage(ctx, o.ID)
-		if derr != nil {
-			err = derr
-			break
-		}
-		if kept {
-			childKept[parent[o.ID]] = true
-		}
-		for _, id := range deleted {
+		for _, id := range d.deleted {
 			if im, ok := known[id]; ok {
 				objs = append(objs, im)
 			} else {
 				ph.Layers++
 			}
 		}
-		ph.Untagged = append(ph.Untagged, untagged...)
+		ph.Untagged = append(ph.Untagged, d.untagged...)
+		done(d.image.ID, d.kept)
 	}
 	setObjects(ph, StatusRemoved, byID(objs))
 	for _, o := range objs {
 		ph.Bytes += uint64(max(o.Size, 0))
 	}
-	ph.Reason = "deleted one by one: on the containerd image store the prune endpoint makes pulls in flight fail (moby/moby#53321); bytes are the images' listed sizes"
+	if store.Containerd {
+		ph.Reason = "deleted one by one by each image's dangling record: on the containerd image store the prune endpoint makes pulls in flight fail (moby/moby#53321), and a delete by ID also removes tags; bytes are the images' listed sizes"
+	} else {
+		ph.Reason = "deleted one by one: the engine's prune would also delete untagged parents the plan keeps (they lack a labels label, or carry the keep label), images a digest reference names or without a creation time; bytes are the images' listed sizes"
+	}
 	return err
 }
 
@@ -173,13 +245,19 @@ func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *PhaseReport) 
 		p.cacheWouldRemove = int64(ph.Bytes)
 		return nil
 	}
-	// The daemon's clock now, read from this host's, for the age the engine is sent.
-	ids, bytes, err := r.Engine.PruneBuildCache(ctx, p.cutoff, time.Now().Add(p.clockOffset))
-	if err != nil {
-		return err
+	ph.Reason = "the records listed before the image phase, by ID: records that phase frees from an image wait for the next run, as a dry run cannot tell which image a record is shared with"
+	if len(p.cachePlan) == 0 {
+		setRemoved(ph, nil, 0)
+		return nil
 	}
+	ids := make([]string, 0, len(p.cachePlan))
+	for _, o := range p.cachePlan {
+		ids = append(ids, o.ID)
+	}
+	// The daemon's clock now, read from this host's, for the age the engine is sent.
+	ids, bytes, err := r.Engine.PruneBuildCache(ctx, ids, p.cutoff, time.Now().Add(p.clockOffset))
 	setRemoved(ph, ids, bytes)
-	return nil
+	return err
 }
 
 // pruneBuildCacheToBudget lets BuildKit remove least-recently-used prunable build cache, whatever
@@ -233,13 +311,24 @@ func imageObject(im image.Summary) Object {
 	return Object{ID: im.ID, Size: im.Size, Created: time.Unix(im.Created, 0)}
 }
 
-// imagePrunePlan is what the engine's dangling-image prune deletes: every head (a dangling image
-// without children, already filtered by age and labels) that no container uses, and then, walking
-// up from each, every parent left without children that has no tag or digest and that no
-// container uses — the classic store deletes with PruneChildren and stops at the first parent it
-// may not delete. The plan comes in deletion order: an image after every planned image that is its
-// child. The set does not depend on the order the heads are taken in.
-func imagePrunePlan(heads []Object, all []image.Summary, inUse map[string]bool) []Object {
+// imagePlan is what the image phase removes, in deletion order: an image after every planned
+// image that is its child.
+type imagePlan struct {
+	Images []Object
+	// Narrower is true when the classic store's prune endpoint would delete more than Images: a
+	// head a digest reference names, or an untagged parent the plan keeps for its labels.
+	Narrower bool
+}
+
+// planImagePrune is what the engine's dangling-image prune deletes, kept to the images no tag or
+// digest reference names and that carry every label in labels: every head (a dangling image
+// without children, already filtered by age and labels) that no container uses and that the full
+// listing shows unreferenced (on the containerd store a dangling record can sit beside a tag of
+// the same image), and then, walking up from each, every parent left without children that has no
+// tag or digest, that no container uses and that carries labels — the classic store deletes with
+// PruneChildren and stops at the first parent it may not delete, though it does not look at the
+// parents' labels. The set does not depend on the order the heads are taken in.
+func planImagePrune(heads []Object, all []image.Summary, inUse map[string]bool, labels []gates.LabelSelector) imagePlan {
 	byID := map[string]image.Summary{}
 	children := map[string]int{}
 	for _, im := range all {
@@ -248,22 +337,40 @@ func imagePrunePlan(heads []Object, all []image.Summary, inUse map[string]bool) 
 			children[im.ParentID]++
 		}
 	}
-	var plan []Object
+	var plan imagePlan
 	for _, h := range heads {
 		if inUse[h.ID] {
 			continue
 		}
-		plan = append(plan, h)
+		if im, ok := byID[h.ID]; ok && referenced(im) {
+			plan.Narrower = true
+			continue
+		}
+		plan.Images = append(plan.Images, h)
 		for parent := byID[h.ID].ParentID; parent != ""; parent = byID[parent].ParentID {
 			children[parent]--
 			im, ok := byID[parent]
 			if !ok || children[parent] > 0 || referenced(im) || inUse[parent] {
 				break
 			}
-			plan = append(plan, imageObject(im))
+			if _, keep := im.Labels[KeepLabel]; keep || !matchesAll(labels, im.Labels) {
+				plan.Narrower = true
+				break
+			}
+			plan.Images = append(plan.Images, imageObject(im))
 		}
 	}
 	return plan
+}
+
+// matchesAll reports whether labels carry every selector, as the engine's label filters match.
+func matchesAll(selectors []gates.LabelSelector, labels map[string]string) bool {
+	for _, sel := range selectors {
+		if !sel.Matches(labels) {
+			return false
+		}
+	}
+	return true
 }
 
 // byID is objs sorted by ID, as the report lists them.

@@ -8,9 +8,13 @@ import (
 	"net/http/httptest"
 	"path"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/docker/docker/api/types/image"
+
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
 )
 
 func ids(objs []Object) []string {
@@ -50,7 +54,7 @@ func TestImagePrunePlan(t *testing.T) {
 		parent[im.ID] = im.ParentID
 	}
 	check := func(name string) {
-		plan := imagePrunePlan(heads, all, inUse)
+		plan := planImagePrune(heads, all, inUse, nil).Images
 		if got := ids(byID(plan)); !slices.Equal(got, want) {
 			t.Fatalf("%s: plan %q, want %q", name, got, want)
 		}
@@ -72,14 +76,53 @@ func TestImagePrunePlan(t *testing.T) {
 	check("reversed heads")
 }
 
-// On the containerd image store the plan is deleted one image at a time, never pruning parents
-// (noprune=1), each image after its children; a parent whose child the engine refused to delete
-// (it became used meanwhile: 409) stays, and so does that parent's parent.
-func TestDeleteImagesInPlanOrder(t *testing.T) {
+// The plan keeps what a tag or digest reference names and what lacks a labels label: a head the
+// full listing shows tagged (a containerd store's dangling record beside a tag of the same image)
+// is left out, and the walk up a chain stops at an untagged parent without every label or with
+// the keep label. Each makes the plan narrower than the classic store's prune endpoint.
+func TestImagePrunePlanNarrows(t *testing.T) {
+	tier := []gates.LabelSelector{{Key: "tier", Value: "scratch", HasValue: true}}
+	labelled := map[string]string{"tier": "scratch"}
+	for _, c := range []struct {
+		name     string
+		all      []image.Summary
+		heads    []Object
+		labels   []gates.LabelSelector
+		want     []string
+		narrower bool
+	}{
+		{"dangling record beside a tag", []image.Summary{{ID: "x", RepoTags: []string{"app:1"}}}, []Object{{ID: "x"}}, nil, nil, true},
+		{"dangling record beside a digest", []image.Summary{{ID: "x", RepoDigests: []string{"app@sha256:0"}}}, []Object{{ID: "x"}}, nil, nil, true},
+		{"parent without the label", []image.Summary{{ID: "p1"}, {ID: "p2", ParentID: "p1", Labels: labelled}, {ID: "p3", ParentID: "p2", Labels: labelled}},
+			[]Object{{ID: "p3"}}, tier, []string{"p2", "p3"}, true},
+		{"parent with another value", []image.Summary{{ID: "p1", Labels: map[string]string{"tier": "base"}}, {ID: "p2", ParentID: "p1", Labels: labelled}},
+			[]Object{{ID: "p2"}}, tier, []string{"p2"}, true},
+		{"every parent labelled", []image.Summary{{ID: "p1", Labels: labelled}, {ID: "p2", ParentID: "p1", Labels: labelled}},
+			[]Object{{ID: "p2"}}, tier, []string{"p1", "p2"}, false},
+		{"label value holding =", []image.Summary{{ID: "p1", Labels: map[string]string{"k": "a=b"}}, {ID: "p2", ParentID: "p1", Labels: map[string]string{"k": "a=b"}}},
+			[]Object{{ID: "p2"}}, []gates.LabelSelector{{Key: "k", Value: "a=b", HasValue: true}}, []string{"p1", "p2"}, false},
+		{"parent with the keep label", []image.Summary{{ID: "k1", Labels: map[string]string{KeepLabel: ""}}, {ID: "k2", ParentID: "k1"}},
+			[]Object{{ID: "k2"}}, nil, []string{"k2"}, true},
+		{"no labels, plain chain", []image.Summary{{ID: "q1"}, {ID: "q2", ParentID: "q1"}}, []Object{{ID: "q2"}}, nil, []string{"q1", "q2"}, false},
+	} {
+		plan := planImagePrune(c.heads, c.all, nil, c.labels)
+		if got := ids(byID(plan.Images)); !slices.Equal(got, c.want) || plan.Narrower != c.narrower {
+			t.Errorf("%s: plan %q narrower %v, want %q narrower %v", c.name, got, plan.Narrower, c.want, c.narrower)
+		}
+	}
+}
+
+// deleteServer answers DELETE /images/{name}: with 409 for the names in refuse, with only the
+// dangling record untagged for those in untagOnly (a tag was made since the listing), else with the
+// image and one layer deleted. It records each name in the order the deletes arrive.
+func deleteServer(t *testing.T, refuse, untagOnly map[string]bool) (*Engine, func() []string) {
+	var mu sync.Mutex
 	var deletes []string
-	refuse := map[string]bool{"a3": true}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := path.Base(r.URL.Path)
+		name := path.Base(r.URL.Path)
+		id := strings.TrimPrefix(name, "moby-dangling@")
+		mu.Lock()
+		defer mu.Unlock()
 		switch {
 		case r.Method != http.MethodDelete:
 			w.WriteHeader(http.StatusNotImplemented)
@@ -87,39 +130,65 @@ func TestDeleteImagesInPlanOrder(t *testing.T) {
 			t.Errorf("DELETE %s without noprune=1: the engine would also take the image's untagged parents", r.URL)
 			w.WriteHeader(http.StatusBadRequest)
 		case refuse[id]:
-			deletes = append(deletes, id+" refused")
+			deletes = append(deletes, name+" refused")
 			w.WriteHeader(http.StatusConflict)
 			_, _ = io.WriteString(w, `{"message":"image is being used by a stopped container"}`)
+		case untagOnly[id]:
+			deletes = append(deletes, name+" untagged")
+			_ = json.NewEncoder(w).Encode([]image.DeleteResponse{{Untagged: name}})
 		default:
-			deletes = append(deletes, id)
+			deletes = append(deletes, name)
 			_ = json.NewEncoder(w).Encode([]image.DeleteResponse{{Deleted: id}, {Deleted: "layer-of-" + id}})
 		}
 	}))
-	defer srv.Close()
+	t.Cleanup(srv.Close)
 	t.Setenv("DOCKER_HOST", "tcp://"+srv.Listener.Addr().String())
 	t.Setenv("DOCKER_API_VERSION", "1.52")
 	e, err := NewEngine(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return e, func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(deletes) }
+}
+
+// The plan is deleted one image at a time, never pruning parents (noprune=1), each image once its
+// planned children are gone, several at a time; on the containerd image store by each image's
+// dangling record, so that a tag made since the listing keeps the image (only the record goes). A
+// parent whose child the engine refused to delete (it became used meanwhile: 409) or kept under a
+// new tag stays, and so does that parent's parent.
+func TestDeleteImagesInPlanOrder(t *testing.T) {
 	all := []image.Summary{
 		{ID: "a1", Size: 1}, {ID: "a2", ParentID: "a1", Size: 2}, {ID: "a3", ParentID: "a2", Size: 4},
 		{ID: "b1", Size: 8}, {ID: "b2", ParentID: "b1", Size: 16}, {ID: "b3", ParentID: "b1", Size: 32},
+		{ID: "c1", Size: 64}, {ID: "c2", ParentID: "c1", Size: 128},
 	}
-	heads := []Object{{ID: "a3"}, {ID: "b2"}, {ID: "b3"}}
-	plan := imagePrunePlan(heads, all, nil)
-	ph := &PhaseReport{}
-	r := &Run{Engine: e}
-	if err := r.deleteImages(context.Background(), plan, all, ph); err != nil {
-		t.Fatal(err)
-	}
-	if want := []string{"a3 refused", "b2", "b3", "b1"}; !slices.Equal(deletes, want) {
-		t.Errorf("deletes %q, want %q", deletes, want)
-	}
-	if got, want := ids(ph.Objects), []string{"b1", "b2", "b3"}; !slices.Equal(got, want) {
-		t.Errorf("reported images %q, want %q", got, want)
-	}
-	if ph.Count != 3 || ph.Layers != 3 || ph.Bytes != 8+16+32 || ph.Status != StatusRemoved {
-		t.Errorf("count %d, layers %d, bytes %d, status %q; want 3, 3, 56, %q", ph.Count, ph.Layers, ph.Bytes, ph.Status, StatusRemoved)
+	for _, store := range []Store{{Containerd: true}, {}} {
+		e, deletes := deleteServer(t, map[string]bool{"a3": true}, map[string]bool{"c2": true})
+		plan := planImagePrune([]Object{{ID: "a3"}, {ID: "b2"}, {ID: "b3"}, {ID: "c2"}}, all, nil, nil).Images
+		ph := &PhaseReport{}
+		r := &Run{Engine: e}
+		if err := r.deleteImages(context.Background(), plan, all, store, ph); err != nil {
+			t.Fatal(err)
+		}
+		ref := func(id string) string {
+			if store.Containerd {
+				return "moby-dangling@" + id
+			}
+			return id
+		}
+		got := deletes()
+		want := []string{ref("a3") + " refused", ref("b1"), ref("b2"), ref("b3"), ref("c2") + " untagged"}
+		if sorted := slices.Sorted(slices.Values(got)); !slices.Equal(sorted, want) {
+			t.Errorf("%s: deletes %q, want %q in any order but b1 last of the b chain", store, got, want)
+		}
+		if at := slices.Index(got, ref("b1")); at < slices.Index(got, ref("b2")) || at < slices.Index(got, ref("b3")) {
+			t.Errorf("%s: deletes %q: b1 before one of its children", store, got)
+		}
+		if got, want := ids(ph.Objects), []string{"b1", "b2", "b3"}; !slices.Equal(got, want) {
+			t.Errorf("%s: reported images %q, want %q", store, got, want)
+		}
+		if ph.Count != 3 || ph.Layers != 3 || ph.Bytes != 8+16+32 || ph.Status != StatusRemoved || len(ph.Untagged) != 0 {
+			t.Errorf("%s: count %d, layers %d, bytes %d, status %q, untagged %q; want 3, 3, 56, %q, none", store, ph.Count, ph.Layers, ph.Bytes, ph.Status, ph.Untagged, StatusRemoved)
+		}
 	}
 }

@@ -28,7 +28,7 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 	start := time.Now()
 	rep := &Report{Version: r.Version, DryRun: r.Config.DryRun, Forced: r.Config.Disk.Force,
 		Until: r.Config.Until.Raw, FailAbove: r.Config.FailAbove, StartedAt: start.UTC(), Daemon: r.Engine.Host()}
-	ctx, cancel := context.WithTimeoutCause(ctx, r.Config.Timeout, fmt.Errorf("timeout %s reached", r.Config.Timeout))
+	ctx, cancel := context.WithTimeoutCause(ctx, r.Config.Timeout, &StopCause{Reason: fmt.Sprintf("timeout %s reached", r.Config.Timeout)})
 	defer cancel()
 	err := r.finish(ctx, rep, r.gateAndPrune(ctx, rep))
 	rep.DurationSeconds = time.Since(start).Seconds()
