@@ -6,6 +6,8 @@
 //	go run ./bench -quick     # small scale, a smoke run of every part
 //	go run ./bench -fleet     # only the fleet part, on a 3-node swarm of Docker 29 engines
 //	                          # (scripts/test-engine.sh build first; the system engine is not pruned)
+//	go run ./bench -images    # only the image phase against `docker image prune`, on the engine
+//	                          # DOCKER_HOST names (a Docker 29 engine: scripts/test-engine.sh start)
 package main
 
 import (
@@ -29,16 +31,18 @@ import (
 )
 
 type config struct {
-	quick     bool
-	fleet     bool
-	noopRuns  int
-	rounds    int
-	images    int
-	stopped   int
-	builds    int
-	sizes     []scale
-	warmBases int
-	warmLayer int64
+	quick bool
+	fleet bool
+	// imagesOnly runs only the image-phase part.
+	imagesOnly bool
+	noopRuns   int
+	rounds     int
+	images     int
+	stopped    int
+	builds     int
+	sizes      []scale
+	warmBases  int
+	warmLayer  int64
 }
 
 type scale struct{ containers, services int }
@@ -59,6 +63,7 @@ func (t *table) add(what, plugin, cli, note string) {
 func main() {
 	quick := flag.Bool("quick", false, "small scale: a smoke run of every part")
 	fleet := flag.Bool("fleet", false, "only the fleet part: a 3-node swarm of Docker 29 engines (scripts/test-engine.sh swarm)")
+	images := flag.Bool("images", false, "only the image-phase part, on the engine DOCKER_HOST names")
 	flag.Parse()
 	cfg := config{noopRuns: 15, rounds: 3, images: 1000, stopped: 500, builds: 10,
 		sizes: []scale{{10, 1}, {100, 20}, {1000, 100}}, warmBases: 3, warmLayer: 4 << 20}
@@ -66,7 +71,7 @@ func main() {
 		cfg = config{quick: true, noopRuns: 10, rounds: 1, images: 50, stopped: 20, builds: 2,
 			sizes: []scale{{10, 1}, {30, 5}}, warmBases: 2, warmLayer: 256 << 10}
 	}
-	cfg.fleet = *fleet
+	cfg.fleet, cfg.imagesOnly = *fleet, *images
 	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -102,10 +107,13 @@ func run(cfg config) error {
 		return err
 	}
 	start := time.Now()
-	parts := []func(context.Context, config) error{e.noop, e.gateCost, e.fullPrune, e.footprint, e.warmth}
-	if cfg.fleet {
+	parts := []func(context.Context, config) error{e.noop, e.gateCost, e.fullPrune, e.footprint, e.warmth, e.imagePhase}
+	switch {
+	case cfg.fleet:
 		parts = []func(context.Context, config) error{e.fleet}
-	} else {
+	case cfg.imagesOnly:
+		parts = []func(context.Context, config) error{e.imagePhase}
+	default:
 		leave, err := fixtures.EnsureSwarm(ctx, api)
 		if err != nil {
 			return err

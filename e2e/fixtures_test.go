@@ -227,27 +227,13 @@ func makeNetwork(t testing.TB) string {
 }
 
 // buildCache runs a BuildKit build that leaves build-cache records behind, and tags the result.
-// It returns once BuildKit has released the build's records: Docker 29 answers the build while a
-// few of them are still in use for some tens of milliseconds, and a record in use is not prunable.
+// It returns once BuildKit has released the build's records (waitCacheReleased).
 func buildCache(t testing.TB) (tag string) {
 	t.Helper()
 	tag = "dgp-built:" + randomHex(4)
 	must(t, fixtures.Build(ctx(), api, tag))
 	t.Cleanup(func() { _, _ = api.ImageRemove(ctx(), tag, image.RemoveOptions{Force: true}) })
-	if !waitFor(t, 10*time.Second, "no build-cache record is in use after the build", func() (bool, error) {
-		du, err := api.DiskUsage(ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
-		if err != nil {
-			return false, err
-		}
-		for _, r := range du.BuildCache {
-			if r.InUse {
-				return false, nil
-			}
-		}
-		return true, nil
-	}) {
-		t.FailNow()
-	}
+	waitCacheReleased(t)
 	return tag
 }
 
@@ -265,15 +251,18 @@ func buildCacheIDs(t testing.TB) map[string]bool {
 // inventory is every object on the engine, by kind.
 type inventory struct {
 	images, containers, volumes, networks, cache map[string]bool
+	// labels is each image's labels.
+	labels map[string]map[string]string
 }
 
 func takeInventory(t testing.TB) inventory {
 	t.Helper()
-	inv := inventory{images: map[string]bool{}, containers: map[string]bool{}, volumes: map[string]bool{}, networks: map[string]bool{}}
+	inv := inventory{images: map[string]bool{}, containers: map[string]bool{}, volumes: map[string]bool{}, networks: map[string]bool{}, labels: map[string]map[string]string{}}
 	imgs, err := api.ImageList(ctx(), image.ListOptions{All: true})
 	must(t, err)
 	for _, i := range imgs {
 		inv.images[i.ID] = true
+		inv.labels[i.ID] = i.Labels
 	}
 	cs, err := api.ContainerList(ctx(), container.ListOptions{All: true})
 	must(t, err)

@@ -23,7 +23,6 @@ import (
 	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/versions"
 	"github.com/docker/docker/client"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
 )
@@ -335,14 +334,21 @@ func (e *Engine) ImagesInUse(ctx context.Context, skip map[string]bool) (map[str
 
 // DanglingImages lists the heads the image prune considers: untagged images without children,
 // created at or before cutoff and carrying labels. In-use images are among them; the engine skips
-// those. An image listed in the cutoff's own second, or at the Unix epoch or before (the list's
-// reading of both a config created then and one with no creation time), is inspected for its exact
-// time, as the engine compares that. noTime counts the images without a creation time, which are
-// left out: the engine's prune keeps them too, except Engine 20.10's classic store.
+// those. On the containerd image store the list is asked for the records made before the cutoff
+// (its until filter compares a dangling record's creation: when the image was loaded, pulled,
+// tagged or left dangling), as that store's prune compares that time; the config's created time
+// must be at or before the cutoff too, so a record made long after a build stays young. An image
+// listed in the cutoff's own second, or at the Unix epoch or before (the list's reading of both a
+// config created then and one with no creation time), is inspected for its exact time, as the
+// engine compares that. noTime counts the images without a creation time, which are left out: the
+// engine's prune keeps them too, except on Engine 20.10's classic store.
 func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []gates.LabelSelector, store Store) (heads []Object, noTime int, err error) {
 	qctx, cancel := e.query(ctx)
 	defer cancel()
 	f := withLabels(filters.NewArgs(filters.Arg("dangling", "true")), labels)
+	if store.Containerd {
+		f.Add("until", strconv.FormatInt(cutoff.Unix(), 10))
+	}
 	list, err := e.api.ImageList(qctx, image.ListOptions{Filters: f})
 	if err != nil {
 		return nil, 0, e.failed("listing dangling images (GET /images/json)", err)
@@ -358,59 +364,7 @@ func (e *Engine) DanglingImages(ctx context.Context, cutoff time.Time, labels []
 				return inspect.Created, err
 			}})
 	}
-	if store.Containerd {
-		heads, err = e.oldRecords(qctx, candidates, cutoff)
-		return heads, 0, err
-	}
 	return e.createdBy(qctx, candidates, cutoff)
-}
-
-// inspectWorkers is how many image inspects or deletes the image phase keeps in flight: the
-// engine answers them concurrently, and a few in flight hide each request's round trip.
-const inspectWorkers = 8
-
-// oldRecords keeps, on the containerd image store, the images whose config created time and
-// record time (GET /images/{id}/json Metadata.LastTagTime: when the record was loaded, pulled,
-// tagged or left dangling) are both at or before cutoff. The store's own prune compares the record
-// time, which the list does not give; a backdated config alone does not make an image old here.
-// The images are inspected inspectWorkers at a time.
-func (e *Engine) oldRecords(ctx context.Context, candidates []listed, cutoff time.Time) ([]Object, error) {
-	old := make([]bool, len(candidates))
-	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(inspectWorkers)
-	for i := range candidates {
-		c := &candidates[i]
-		g.Go(func() error {
-			inspect, err := e.api.ImageInspect(gctx, c.ID)
-			if cerrdefs.IsNotFound(err) {
-				return nil // removed since it was listed
-			}
-			if err != nil {
-				return e.failed("reading image "+c.ID+"'s times (GET /images/{id}/json)", err)
-			}
-			created, ok, err := parseCreated(inspect.Created)
-			if err != nil || !ok {
-				// No creation time (or an image being deleted by another run): prune less.
-				return err
-			}
-			c.Created = created
-			if inspect.Metadata.LastTagTime.After(created) {
-				c.Created = inspect.Metadata.LastTagTime
-			}
-			old[i] = !c.Created.After(cutoff)
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	var out []Object
-	for i, c := range candidates {
-		if old[i] {
-			out = append(out, c.Object)
-		}
-	}
-	return out, nil
 }
 
 // parseCreated reads an inspected creation time; ok is false when the object has none (engines
@@ -428,6 +382,10 @@ func parseCreated(s string) (t time.Time, ok bool, err error) {
 
 // DanglingRecord is the containerd image store's own name for an image's dangling record.
 func DanglingRecord(id string) string { return "moby-dangling@" + id }
+
+// deleteWorkers is how many image deletes the image phase keeps in flight: the engine answers
+// them concurrently, and a few in flight hide each request's round trip.
+const deleteWorkers = 8
 
 // DeleteImage deletes one image by ref (DELETE /images/{ref}?noprune=1, never forced), as the
 // image phase does on the containerd image store, where its prune endpoint drops the leases of

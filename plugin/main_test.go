@@ -55,15 +55,14 @@ func TestMainKeptCacheContactsNothing(t *testing.T) {
 	}
 }
 
-// A signal stops a run whose daemon never answers: exit 1, saying which signal, well before the
-// per-call deadline.
-func TestMainSignalStops(t *testing.T) {
+// silentDaemon points DOCKER_HOST at a socket that accepts connections and never answers.
+func silentDaemon(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "silent.sock")
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -74,6 +73,12 @@ func TestMainSignalStops(t *testing.T) {
 		}
 	}()
 	t.Setenv("DOCKER_HOST", "unix://"+sock)
+}
+
+// A signal stops a run whose daemon never answers: exit 1, saying which signal, well before the
+// per-call deadline.
+func TestMainSignalStops(t *testing.T) {
+	silentDaemon(t)
 	for _, sig := range []os.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		signals := make(chan os.Signal, 1)
 		inv, stdout, stderr := invocation(map[string]string{"force": "true"})
@@ -90,22 +95,7 @@ func TestMainSignalStops(t *testing.T) {
 // A timeout that cuts a call short names the call it stopped and the timeout, not an unreachable
 // daemon: this daemon accepts the connection and would answer later.
 func TestMainTimeoutNamesTheCall(t *testing.T) {
-	sock := filepath.Join(t.TempDir(), "slow.sock")
-	ln, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close() // accepted, answered by nobody before the timeout
-		}
-	}()
-	t.Setenv("DOCKER_HOST", "unix://"+sock)
+	silentDaemon(t)
 	inv, stdout, stderr := invocation(map[string]string{"force": "true", "timeout": "200ms"})
 	code := Main(t.Context(), inv)
 	line := stderr.String()

@@ -131,7 +131,7 @@ type deletion struct {
 	err               error
 }
 
-// deleteImages deletes the planned images one by one (see Engine.DeleteImage), inspectWorkers at a
+// deleteImages deletes the planned images one by one (see Engine.DeleteImage), deleteWorkers at a
 // time, each once every planned child of it is gone, and reports what the engine deleted; the
 // bytes are the deleted images' listed sizes, as the engine reports none for a delete. A parent
 // whose child stayed (it became used meanwhile) stays too, as the plan's rule has it. After a
@@ -176,7 +176,7 @@ func (r *Run) deleteImages(ctx context.Context, plan []Object, all []image.Summa
 	var err error
 	inFlight := 0
 	for {
-		for err == nil && len(ready) > 0 && inFlight < inspectWorkers {
+		for err == nil && len(ready) > 0 && inFlight < deleteWorkers {
 			if ctx.Err() != nil {
 				err = ctx.Err()
 				break

@@ -53,7 +53,7 @@ func (s Store) String() string {
 // ImageClock is what `until` is compared with in the image phase on this store.
 func (s Store) ImageClock() string {
 	if s.Containerd {
-		return "the later of the image config's created time and the image record's last tag time (when it was loaded, pulled, tagged or left dangling)"
+		return "the later of the image config's created time and the creation of its dangling record (when it was loaded, pulled, tagged or left dangling)"
 	}
 	return "image config created time (build time)"
 }
