@@ -483,6 +483,11 @@ func (e *Engine) BuildCache(ctx context.Context) ([]*build.CacheRecord, error) {
 		opts.Types = []types.DiskUsageObject{types.BuildCacheObject}
 	}
 	du, err := e.api.DiskUsage(ctx, opts)
+	if cerrdefs.IsConflict(err) || err != nil && strings.Contains(err.Error(), "a disk usage operation is already running") {
+		// Another client (another run of this plugin, say) is listing disk usage: Engine 20.10
+		// answers a second listing with this error (HTTP 500), later engines share the first's answer.
+		return nil, fmt.Errorf("%w: %v", ErrPruneRunning, err)
+	}
 	if err != nil {
 		return nil, e.failed("listing build cache (GET /system/df)", err)
 	}

@@ -3,6 +3,7 @@ package plugin
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -25,8 +26,9 @@ type pruning struct {
 	// cacheWouldRemove is what a dry run's build-cache phase would remove, for the budget phase.
 	cacheWouldRemove int64
 	// cachePlan is what the build-cache phase of a real run may remove, listed before the image
-	// phase as a dry run lists it.
+	// phase as a dry run lists it; cacheBusy, when not nil, says that listing met another client's.
 	cachePlan []Object
+	cacheBusy error
 }
 
 // prunePhase carries out (or, in a dry run, lists) one phase.
@@ -77,8 +79,12 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 	ph.Filters = append(PruneFilterText(p.cutoff, r.Config.Labels), "dangling=true")
 	if !r.Config.DryRun && len(r.Config.Labels) == 0 {
 		// What the build-cache phase may remove, before this phase frees the records an image shared.
+		// A listing another client holds skips the build-cache phase, as a prune it holds would.
 		var err error
-		if p.cachePlan, err = r.Engine.UnusedBuildCache(ctx, p.cutoff); err != nil {
+		p.cachePlan, err = r.Engine.UnusedBuildCache(ctx, p.cutoff)
+		if errors.Is(err, ErrPruneRunning) {
+			p.cacheBusy = err
+		} else if err != nil {
 			return err
 		}
 	}
@@ -244,6 +250,9 @@ func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *PhaseReport) 
 		setObjects(ph, StatusWouldRemove, objs)
 		p.cacheWouldRemove = int64(ph.Bytes)
 		return nil
+	}
+	if p.cacheBusy != nil {
+		return p.cacheBusy
 	}
 	ph.Reason = "the records listed before the image phase, by ID: records that phase frees from an image wait for the next run, as a dry run cannot tell which image a record is shared with"
 	if len(p.cachePlan) == 0 {
