@@ -146,8 +146,9 @@ func checkReferencesKept(t testing.TB, before map[string]string) {
 // checkExact runs the plugin's dry run and then its real run with env (force and until set by
 // the caller), and fails the test unless, for images and for build-cache records, the plan, what
 // vanished from the engine and what the real run reported are the same set, by ID, and unless
-// every tag and digest reference still names its image. It returns the real run.
-func checkExact(t testing.TB, env map[string]string) result {
+// every tag and digest reference still names its image. It returns the real run and the engine's
+// objects before and after it.
+func checkExact(t testing.TB, env map[string]string) (real result, before, after inventory) {
 	t.Helper()
 	dry := maps.Clone(env)
 	dry["PLUGIN_DRY_RUN"] = "true"
@@ -156,12 +157,12 @@ func checkExact(t testing.TB, env map[string]string) result {
 		t.Fatalf("dry run: exit %d decision %q", plan.code, plan.report.Decision)
 	}
 	refs := references(t)
-	before := takeInventory(t)
-	real := runPlugin(t, env)
+	before = takeInventory(t)
+	real = runPlugin(t, env)
 	if real.code != 0 || real.report.Decision != plugin.DecisionPruned {
 		t.Fatalf("run: exit %d decision %q", real.code, real.report.Decision)
 	}
-	after := takeInventory(t)
+	after = takeInventory(t)
 	for _, c := range []struct {
 		phase string
 		gone  map[string]bool
@@ -177,7 +178,7 @@ func checkExact(t testing.TB, env map[string]string) result {
 		}
 	}
 	checkReferencesKept(t, refs)
-	return real
+	return real, before, after
 }
 
 // Shape 1: BuildKit builds a context untagged, then the same context under a tag. On the containerd
@@ -199,7 +200,7 @@ func TestBuildKitRebuildUnderTagKeepsTag(t *testing.T) {
 		t.Fatalf("%s store: the dangling listing shows the tagged image: %v, want %v", storeName(), listed, containerdStore)
 	}
 	cutoff := waitPastCutoff()
-	real := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
+	real, _, _ := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
 	if !exists(t, "image", tag) {
 		t.Fatalf("%s is gone", tag)
 	}
@@ -233,7 +234,7 @@ func TestLabelsNarrowUntaggedParents(t *testing.T) {
 		t.Fatalf("the first build's chain is not head and middle labelled over an unlabelled parent: %+v", chain)
 	}
 	cutoff := waitPastCutoff()
-	real := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff), "PLUGIN_LABELS": "tier=" + tier})
+	real, _, _ := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff), "PLUGIN_LABELS": "tier=" + tier})
 	if !exists(t, "image", chain[2].ID) {
 		t.Errorf("the unlabelled parent %s was removed under labels tier=%s", chain[2].ID, tier)
 	}
@@ -268,15 +269,14 @@ func TestBuildCachePlanAcrossImagePhase(t *testing.T) {
 		t.Fatal("no build-cache record is shared with an image: the world is not the one under test")
 	}
 	cutoff := waitPastCutoff()
-	checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
+	_, _, after := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
 	if exists(t, "image", built) {
 		t.Errorf("the dangling image %s the build made was kept", built)
 	}
 	// The next run removes what the image phase freed, and its plan says so first.
-	cache := buildCacheIDs(t)
-	next := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
+	next, _, last := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
 	removed := phaseIDs(next.report, plugin.PhaseBuildCache)
-	if len(removed) == 0 || !sameSet(gone(cache, buildCacheIDs(t)), removed) {
+	if len(removed) == 0 || !sameSet(gone(after.cache, last.cache), removed) {
 		t.Errorf("the next run removed %v of the records the image phase freed", fmtSet(removed))
 	}
 }
@@ -286,7 +286,7 @@ func TestBuildCachePlanAcrossImagePhase(t *testing.T) {
 func TestEpochCreatedImageIsOld(t *testing.T) {
 	id := danglingImage(t, time.Unix(0, 0), nil)
 	cutoff := waitPastCutoff()
-	real := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
+	real, _, _ := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
 	if !phaseIDs(real.report, plugin.PhaseImages)[id] || exists(t, "image", id) {
 		t.Errorf("%s store: the image created at the epoch was kept", storeName())
 	}

@@ -186,9 +186,7 @@ func exactWorld(t *testing.T, seed uint64, labelled bool) {
 	if labelled {
 		env["PLUGIN_LABELS"] = "tier=" + tier
 	}
-	before := takeInventory(t)
-	real := checkExact(t, env)
-	after := takeInventory(t)
+	real, before, after := checkExact(t, env)
 	imagesGone, containersGone := gone(before.images, after.images), gone(before.containers, after.containers)
 	if imagesGone[late] && (containerdStore || labelled) || !imagesGone[late] && !containerdStore && !labelled {
 		t.Errorf("seed %d: the image loaded after the cutoff with a config an hour before it was removed=%v; on the %s store want %v",
