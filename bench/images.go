@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-
 	"strings"
 	"time"
 
@@ -62,17 +61,26 @@ func (e *env) imagePhase(ctx context.Context, cfg config) error {
 	return nil
 }
 
-// loadDangling loads n untagged fixture images and returns a cutoff they are all older than, by
-// every clock a store compares.
-func (e *env) loadDangling(ctx context.Context, n int) (time.Time, error) {
+// loadOldDangling loads n untagged fixture images whose configs say they were created 48 h ago,
+// 250 to a load.
+func (e *env) loadOldDangling(ctx context.Context, n int) error {
 	specs := make([]fixtures.Image, n)
 	for i := range specs {
 		specs[i] = fixtures.Image{Created: time.Now().Add(-48 * time.Hour)}
 	}
 	for i := 0; i < n; i += 250 {
 		if _, err := fixtures.Load(ctx, e.api, specs[i:min(i+250, n)]...); err != nil {
-			return time.Time{}, err
+			return err
 		}
+	}
+	return nil
+}
+
+// loadDangling loads n untagged fixture images and returns a cutoff they are all older than, by
+// every clock a store compares.
+func (e *env) loadDangling(ctx context.Context, n int) (time.Time, error) {
+	if err := e.loadOldDangling(ctx, n); err != nil {
+		return time.Time{}, err
 	}
 	cutoff := time.Now().Truncate(time.Second).Add(time.Second)
 	time.Sleep(time.Until(cutoff) + 100*time.Millisecond)

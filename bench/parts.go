@@ -220,14 +220,8 @@ func (e *env) gateCost(ctx context.Context, cfg config) error {
 // pruneFixtures makes the full-prune fixtures: dangling images and stopped containers older
 // than the cutoff, plus build cache.
 func (e *env) pruneFixtures(ctx context.Context, cfg config) error {
-	specs := make([]fixtures.Image, cfg.images)
-	for i := range specs {
-		specs[i] = fixtures.Image{Created: time.Now().Add(-48 * time.Hour)}
-	}
-	for i := 0; i < len(specs); i += 250 {
-		if _, err := fixtures.Load(ctx, e.api, specs[i:min(i+250, len(specs))]...); err != nil {
-			return err
-		}
+	if err := e.loadOldDangling(ctx, cfg.images); err != nil {
+		return err
 	}
 	for range cfg.stopped {
 		if _, err := e.api.ContainerCreate(ctx, &container.Config{Image: sleeperImage, Cmd: []string{"/sleeper"}, Labels: map[string]string{fixtures.Label: "true"}},

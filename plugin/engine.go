@@ -383,10 +383,6 @@ func parseCreated(s string) (t time.Time, ok bool, err error) {
 // DanglingRecord is the containerd image store's own name for an image's dangling record.
 func DanglingRecord(id string) string { return "moby-dangling@" + id }
 
-// deleteWorkers is how many image deletes the image phase keeps in flight: the engine answers
-// them concurrently, and a few in flight hide each request's round trip.
-const deleteWorkers = 8
-
 // DeleteImage deletes one image by ref (DELETE /images/{ref}?noprune=1, never forced), as the
 // image phase does on the containerd image store, where its prune endpoint drops the leases of
 // pulls in flight and makes them fail (moby/moby#53321) and a single delete does not, and where

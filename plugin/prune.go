@@ -129,6 +129,10 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 	return nil
 }
 
+// deleteWorkers is how many image deletes the image phase keeps in flight: the engine answers
+// them concurrently, and a few in flight hide each request's round trip.
+const deleteWorkers = 8
+
 // deletion is one image delete's answer.
 type deletion struct {
 	image             Object
