@@ -12,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
 
@@ -26,7 +27,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err := plugin.Prepare(args[1:], os.Getenv, os.Environ); err != nil {
 		return plugin.Refuse(stderr, err)
 	}
-	code := plugin.ExitOK
+	code := outcome.ExitOK
 	app := &cli.App{
 		Name:      "drone-gated-prune",
 		Usage:     "prune stopped containers, dangling images and unused build cache only under disk pressure, with no CI run live",

@@ -12,7 +12,7 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
-	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // fleetImage is the plugin image the fleet part builds on the system engine and loads into the
@@ -72,7 +72,7 @@ func (e *env) fleet(ctx context.Context, cfg config) error {
 		time.Sleep(2 * time.Second)
 		return nil
 	}
-	timed := func(host string, raw map[string]string) (time.Duration, []string, *plugin.Report, error) {
+	timed := func(host string, raw map[string]string) (time.Duration, []string, *report.Report, error) {
 		os.Setenv("DOCKER_HOST", host)
 		defer os.Unsetenv("DOCKER_HOST")
 		start := time.Now()
@@ -140,10 +140,10 @@ func (e *env) fleet(ctx context.Context, cfg config) error {
 }
 
 // removedCount is the number of objects a run removed, over its phases.
-func removedCount(rep *plugin.Report) int {
+func removedCount(rep *report.Report) int {
 	n := 0
 	for _, ph := range rep.Phases {
-		if ph.Status == plugin.StatusRemoved {
+		if ph.Status == report.StatusRemoved {
 			n += ph.Count
 		}
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/docker/docker/client"
 	"github.com/docker/go-connections/sockets"
+
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
 )
 

@@ -17,7 +17,9 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/engine"
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
 
@@ -39,7 +41,7 @@ func baseEnv(extra ...string) []string {
 }
 
 // inProcess runs the plugin's own Run in this process on an engine whose requests are counted.
-func inProcess(ctx context.Context, raw map[string]string) (*plugin.Report, []string, error) {
+func inProcess(ctx context.Context, raw map[string]string) (*report.Report, []string, error) {
 	hc, ct, err := countingClient()
 	if err != nil {
 		return nil, nil, err
@@ -50,7 +52,7 @@ func inProcess(ctx context.Context, raw map[string]string) (*plugin.Report, []st
 		os.Unsetenv("DOCKER_HOST")
 		defer os.Setenv("DOCKER_HOST", host)
 	}
-	eng, err := plugin.NewEngine(hc)
+	eng, err := engine.New(hc)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -186,7 +188,7 @@ func (e *env) gateCost(ctx context.Context, cfg config) error {
 		if err != nil {
 			return err
 		}
-		eng, err := plugin.NewEngine(hc)
+		eng, err := engine.New(hc)
 		if err != nil {
 			return err
 		}
@@ -288,7 +290,7 @@ func (e *env) fullPrune(ctx context.Context, cfg config) error {
 }
 
 func summarizeRemoved(data []byte) string {
-	var rep plugin.Report
+	var rep report.Report
 	if err := json.Unmarshal(data, &rep); err != nil {
 		return "?"
 	}

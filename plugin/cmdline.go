@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/joho/godotenv"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
 )
 
 // ArgFlag is one flag as the command line gives it, in any form the flag library accepts:
@@ -121,5 +123,5 @@ func Refuse(stderr io.Writer, err error) int {
 		err = &UsageError{Problem: err.Error()}
 	}
 	fmt.Fprintln(stderr, "drone-gated-prune:", err)
-	return ExitCode(err)
+	return outcome.ExitCode(err)
 }

@@ -10,6 +10,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // Measure reads the filesystem holding path (statfs). A filesystem that reports no blocks (proc,
@@ -17,7 +19,7 @@ import (
 func Measure(path, why string) (gates.Filesystem, error) {
 	var st unix.Statfs_t
 	if err := unix.Statfs(path, &st); err != nil {
-		return gates.Filesystem{}, &RuntimeError{What: "measuring the filesystem of " + path, Err: err}
+		return gates.Filesystem{}, &outcome.RuntimeError{What: "measuring the filesystem of " + path, Err: err}
 	}
 	if st.Blocks == 0 {
 		return gates.Filesystem{}, &SettingError{Key: "disk_path", Value: path,
@@ -38,7 +40,7 @@ type dataPath struct{ path, why string }
 // is visible here (else /, see below) and, on the containerd image store, containerd's content and
 // snapshotter roots. Only the data root costs a daemon call (GET /info); containerd is asked over
 // its own socket.
-func (r *Run) dataPaths(ctx context.Context, rep *Report) ([]dataPath, error) {
+func (r *Run) dataPaths(ctx context.Context, rep *report.Report) ([]dataPath, error) {
 	if r.Config.DiskPath != "" {
 		return []dataPath{{r.Config.DiskPath, "disk_path setting"}}, nil
 	}
@@ -56,9 +58,7 @@ func (r *Run) dataPaths(ctx context.Context, rep *Report) ([]dataPath, error) {
 	if !store.Containerd {
 		return paths, nil
 	}
-	qctx, cancel := r.Engine.query(ctx)
-	defer cancel()
-	roots, err := containerdRoots(qctx, store)
+	roots, err := r.Engine.ContainerdRoots(ctx, store)
 	if err != nil {
 		rep.DiskWarnings = append(rep.DiskWarnings, "containerd image store: its roots could not be measured, only the data root was: "+err.Error())
 		return paths, nil
@@ -81,7 +81,7 @@ func measureAll(paths []dataPath) ([]gates.Filesystem, error) {
 	for _, p := range paths {
 		var st unix.Stat_t
 		if err := unix.Stat(p.path, &st); err != nil {
-			return nil, &RuntimeError{What: "measuring the filesystem of " + p.path, Err: err}
+			return nil, &outcome.RuntimeError{What: "measuring the filesystem of " + p.path, Err: err}
 		}
 		if seen[st.Dev] {
 			continue

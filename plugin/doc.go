@@ -1,6 +1,7 @@
-// Package plugin acts on a Docker Engine for drone-gated-prune: it reads and validates the
-// settings (one table, Settings), asks the engine the questions the gates need (Engine), carries
-// out one gated run (Run: measure → gates → prune in order → measure again) and renders what the
-// run did (text summary, Drone card, $DRONE_OUTPUT, JSON, Prometheus metrics). Main is the one
-// entry point the command calls; the decisions themselves live in package gates.
+// Package plugin is drone-gated-prune's settings and its run: it reads and validates the settings
+// (one table, Settings), carries out one gated run (Run: measure → gates → prune in order, the
+// gates re-checked before each phase → measure again) and applies the prune rules (rules.go) to
+// what it asks the engine through the Engine interface. Main is the one entry point the command
+// calls. The decisions live in package gates, the engine adapter in internal/engine, the report
+// and its renderers in internal/report.
 package plugin

@@ -1,13 +1,8 @@
 package plugin
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
-	"io"
 	"maps"
 	"os"
 	"slices"
@@ -15,45 +10,23 @@ import (
 	"strings"
 	"time"
 
-	cerrdefs "github.com/containerd/errdefs"
-	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/mount"
 	"github.com/docker/docker/api/types/swarm"
-	"github.com/docker/docker/pkg/stdcopy"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // FleetService is the name of the global job a fleet run creates; one name per swarm is what keeps
 // two fleet runs from overlapping.
 const FleetService = "drone-gated-prune-fleet"
 
-// FleetReport is a fleet run: the job it ran and one row per node.
-type FleetReport struct {
-	Service string    `json:"service"`
-	Image   string    `json:"image"`
-	Nodes   []NodeRow `json:"nodes"`
-}
-
-// NodeRow is one node's part of a fleet run, from the card its task printed.
-type NodeRow struct {
-	Node       string `json:"node"`
-	Decision   string `json:"decision"`
-	DiskBefore string `json:"disk_before,omitempty"`
-	DiskAfter  string `json:"disk_after,omitempty"`
-	Objects    int    `json:"objects"`
-	Bytes      uint64 `json:"bytes"`
-	ExitCode   int    `json:"exit_code"`
-	// Problem says why a node has no result: down, drained, its task never ran or left no report.
-	Problem string `json:"problem,omitempty"`
-}
-
 // runFleet is a fleet run on a swarm manager: the cluster-wide gates judged here, then the plugin
 // run on every node as a global job with the same settings (less the fleet ones), each node
 // judging its own disk and containers, and one report with a row per node. Its error carries the
 // worst node's exit code.
-func (r *Run) runFleet(ctx context.Context, rep *Report) error {
+func (r *Run) runFleet(ctx context.Context, rep *report.Report) error {
 	snap, err := r.Engine.Snapshot(ctx)
 	if err != nil {
 		return err
@@ -75,8 +48,8 @@ func (r *Run) runFleet(ctx context.Context, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	rep.Fleet = &FleetReport{Service: FleetService, Image: image}
-	id, err := r.Engine.CreateFleetJob(ctx, r.fleetSpec(image))
+	rep.Fleet = &report.FleetReport{Service: FleetService, Image: image}
+	id, err := r.Engine.CreateService(ctx, r.fleetSpec(image))
 	if err != nil {
 		return err
 	}
@@ -85,12 +58,12 @@ func (r *Run) runFleet(ctx context.Context, rep *Report) error {
 			r.Log.WithError(err).Warn("removing the fleet job")
 		}
 	}()
-	rows, err := r.Engine.FleetResults(ctx, id, 2*time.Second)
+	rows, err := r.fleetResults(ctx, id)
 	rep.Fleet.Nodes = rows
 	if err != nil {
 		return err
 	}
-	rep.Decision = DecisionFleet
+	rep.Decision = report.DecisionFleet
 	return worstNode(rows)
 }
 
@@ -99,8 +72,8 @@ func clusterOnly(w gates.Workload) gates.Workload {
 	return gates.Workload{Swarm: w.Swarm, Services: w.Services, Self: w.Self}
 }
 
-// fleetImage is the image the nodes run: the one this plugin's container runs (found by its
-// hostname, the container ID's prefix), else the fleet_image setting.
+// fleetImage is the image the nodes run: the fleet_image setting when given, else the image this
+// plugin's own container runs (found by its hostname, the container ID's prefix).
 func (r *Run) fleetImage(ctx context.Context) (string, error) {
 	if r.Config.FleetImage != "" {
 		return r.Config.FleetImage, nil
@@ -150,20 +123,20 @@ func (r *Run) fleetSpec(image string) swarm.ServiceSpec {
 
 // worstNode is the fleet's outcome: the worst node's exit code (3 over 1 over 0; any other failure
 // counts as 1), as an error naming the nodes that gave it.
-func worstNode(rows []NodeRow) error {
-	worst := ExitOK
+func worstNode(rows []report.NodeRow) error {
+	worst := outcome.ExitOK
 	for i, n := range rows {
 		switch {
-		case n.ExitCode == ExitPolicy:
-			worst = ExitPolicy
-		case n.ExitCode != ExitOK:
-			rows[i].ExitCode = ExitRuntime
-			if worst == ExitOK {
-				worst = ExitRuntime
+		case n.ExitCode == outcome.ExitPolicy:
+			worst = outcome.ExitPolicy
+		case n.ExitCode != outcome.ExitOK:
+			rows[i].ExitCode = outcome.ExitRuntime
+			if worst == outcome.ExitOK {
+				worst = outcome.ExitRuntime
 			}
 		}
 	}
-	if worst == ExitOK {
+	if worst == outcome.ExitOK {
 		return nil
 	}
 	var names []string
@@ -176,93 +149,26 @@ func worstNode(rows []NodeRow) error {
 			names = append(names, n.Node+" ("+why+")")
 		}
 	}
-	if worst == ExitPolicy {
-		return &PolicyError{Reason: "on node(s) " + strings.Join(names, ", ") + ": the disk is still at or above fail_above"}
+	if worst == outcome.ExitPolicy {
+		return &outcome.PolicyError{Reason: "on node(s) " + strings.Join(names, ", ") + ": the disk is still at or above fail_above"}
 	}
-	return &RuntimeError{What: "the fleet run", Err: fmt.Errorf("node(s) %s exited %d", strings.Join(names, ", "), worst)}
+	return &outcome.RuntimeError{What: "the fleet run", Err: fmt.Errorf("node(s) %s exited %d", strings.Join(names, ", "), worst)}
 }
 
-// CreateFleetJob creates the global job (POST /services/create). A job of that name already there
-// is another fleet run in flight: refused, never overlapped.
-func (e *Engine) CreateFleetJob(ctx context.Context, spec swarm.ServiceSpec) (string, error) {
-	ctx, cancel := e.query(ctx)
-	defer cancel()
-	resp, err := e.api.ServiceCreate(ctx, spec, swarm.ServiceCreateOptions{})
-	if cerrdefs.IsConflict(err) || (err != nil && strings.Contains(err.Error(), "already exists")) {
-		return "", &RuntimeError{What: "starting the fleet run", Err: fmt.Errorf("service %s exists: another fleet run is in flight on this swarm (remove the service if it is left over)", spec.Name)}
-	}
+// fleetResults waits, asking every FleetPoll until ctx ends, for the job's task on every node
+// that can run one, then reads each ended task's card from its log. A node that is down or
+// drained, or whose task did not end in time or left no card, gets a row that names the problem
+// and exit code 1.
+func (r *Run) fleetResults(ctx context.Context, serviceID string) ([]report.NodeRow, error) {
+	nodes, err := r.Engine.Nodes(ctx)
 	if err != nil {
-		return "", e.failed("creating the fleet job (POST /services/create)", err)
+		return nil, err
 	}
-	return resp.ID, nil
-}
-
-// RemoveService removes a service (DELETE /services/{id}).
-func (e *Engine) RemoveService(ctx context.Context, id string) error {
-	ctx, cancel := e.query(ctx)
-	defer cancel()
-	return e.api.ServiceRemove(ctx, id)
-}
-
-// ContainerImage is the image reference a container was created from, or "" when there is no such
-// container on this engine.
-func (e *Engine) ContainerImage(ctx context.Context, id string) (string, error) {
-	ctx, cancel := e.query(ctx)
-	defer cancel()
-	c, err := e.api.ContainerInspect(ctx, id)
-	if cerrdefs.IsNotFound(err) {
-		return "", nil
-	}
-	if err != nil {
-		return "", e.failed("finding this plugin's own image (GET /containers/{id}/json)", err)
-	}
-	if c.Config == nil {
-		return "", nil
-	}
-	return c.Config.Image, nil
-}
-
-// terminalTask reports whether a task has ended, one way or another.
-func terminalTask(s swarm.TaskState) bool {
-	switch s {
-	case swarm.TaskStateComplete, swarm.TaskStateFailed, swarm.TaskStateRejected, swarm.TaskStateShutdown, swarm.TaskStateOrphaned:
-		return true
-	}
-	return false
-}
-
-// FleetResults waits, polling every interval until ctx ends, for the job's task on every node
-// that can run one, then reads each task's card from its log. A node that is down or drained, or
-// whose task did not end in time, gets a row that names the problem and exit code 1.
-func (e *Engine) FleetResults(ctx context.Context, serviceID string, interval time.Duration) ([]NodeRow, error) {
-	qctx, cancel := e.query(ctx)
-	nodes, err := e.api.NodeList(qctx, swarm.NodeListOptions{})
-	cancel()
-	if err != nil {
-		return nil, e.failed("listing swarm nodes (GET /nodes)", err)
-	}
-	rows := map[string]*NodeRow{}
-	eligible := map[string]bool{}
-	for _, n := range nodes {
-		row := &NodeRow{Node: n.Description.Hostname, ExitCode: ExitRuntime}
-		switch {
-		case n.Status.State != swarm.NodeStateReady:
-			row.Problem = "node is " + string(n.Status.State)
-		case n.Spec.Availability != swarm.NodeAvailabilityActive:
-			row.Problem = "node is " + string(n.Spec.Availability)
-		default:
-			eligible[n.ID] = true
-			row.Problem = "its task never ran"
-		}
-		rows[n.ID] = row
-	}
+	rows, eligible := nodeRows(nodes)
 	var tasks []swarm.Task
 	for {
-		qctx, cancel := e.query(ctx)
-		tasks, err = e.api.TaskList(qctx, swarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", serviceID))})
-		cancel()
-		if err != nil {
-			return sortedRows(rows), e.failed("listing the fleet job's tasks (GET /tasks)", err)
+		if tasks, err = r.Engine.Tasks(ctx, serviceID); err != nil {
+			return sortedRows(rows), err
 		}
 		if allEnded(tasks, eligible) {
 			break
@@ -275,7 +181,7 @@ func (e *Engine) FleetResults(ctx context.Context, serviceID string, interval ti
 				}
 			}
 			return sortedRows(rows), nil
-		case <-time.After(interval):
+		case <-time.After(r.FleetPoll):
 		}
 	}
 	for _, t := range tasks {
@@ -283,12 +189,54 @@ func (e *Engine) FleetResults(ctx context.Context, serviceID string, interval ti
 		if row == nil || !terminalTask(t.Status.State) {
 			continue
 		}
-		row.Problem = ""
-		if err := e.readCard(ctx, t, row); err != nil {
-			row.ExitCode, row.Problem = ExitRuntime, err.Error()
+		log, err := r.Engine.TaskStdout(ctx, t.ID)
+		if err == nil {
+			var card report.CardData
+			if card, err = report.ReadCard(log); err == nil {
+				fillRow(row, card)
+				continue
+			}
+			err = fmt.Errorf("its task (%s, exit %d) left no report: %w", t.Status.State, taskExit(t), err)
 		}
+		row.ExitCode, row.Problem = outcome.ExitRuntime, err.Error()
 	}
 	return sortedRows(rows), nil
+}
+
+// nodeRows is a row per node, each exit code 1 and its problem until its task's card says
+// otherwise, and the nodes that can run a task: ready and active.
+func nodeRows(nodes []swarm.Node) (rows map[string]*report.NodeRow, eligible map[string]bool) {
+	rows, eligible = map[string]*report.NodeRow{}, map[string]bool{}
+	for _, n := range nodes {
+		row := &report.NodeRow{Node: n.Description.Hostname, ExitCode: outcome.ExitRuntime}
+		switch {
+		case n.Status.State != swarm.NodeStateReady:
+			row.Problem = "node is " + string(n.Status.State)
+		case n.Spec.Availability != swarm.NodeAvailabilityActive:
+			row.Problem = "node is " + string(n.Spec.Availability)
+		default:
+			eligible[n.ID] = true
+			row.Problem = "its task never ran"
+		}
+		rows[n.ID] = row
+	}
+	return rows, eligible
+}
+
+// fillRow is a node's row from the card its run printed.
+func fillRow(row *report.NodeRow, card report.CardData) {
+	row.Problem = ""
+	row.Decision, row.DiskBefore, row.DiskAfter = card.Decision, card.DiskBefore, card.DiskAfter
+	row.Objects, row.Bytes, row.ExitCode = card.Objects, card.ReclaimedBytes, card.ExitCode
+}
+
+// terminalTask reports whether a task has ended, one way or another.
+func terminalTask(s swarm.TaskState) bool {
+	switch s {
+	case swarm.TaskStateComplete, swarm.TaskStateFailed, swarm.TaskStateRejected, swarm.TaskStateShutdown, swarm.TaskStateOrphaned:
+		return true
+	}
+	return false
 }
 
 // allEnded reports whether every eligible node has a task and every task has ended.
@@ -308,29 +256,6 @@ func allEnded(tasks []swarm.Task, eligible map[string]bool) bool {
 	return true
 }
 
-// readCard reads a finished task's log (GET /tasks/{id}/logs) and fills the row from the card
-// the plugin printed there.
-func (e *Engine) readCard(ctx context.Context, t swarm.Task, row *NodeRow) error {
-	ctx, cancel := e.query(ctx)
-	defer cancel()
-	rc, err := e.api.TaskLogs(ctx, t.ID, container.LogsOptions{ShowStdout: true})
-	if err != nil {
-		return fmt.Errorf("reading its task's log: %w", err)
-	}
-	defer rc.Close()
-	var stdout bytes.Buffer
-	if _, err := stdcopy.StdCopy(&stdout, io.Discard, rc); err != nil {
-		return fmt.Errorf("reading its task's log: %w", err)
-	}
-	data, err := findCard(stdout.Bytes())
-	if err != nil {
-		return fmt.Errorf("its task (%s, exit %d) left no report: %w", t.Status.State, taskExit(t), err)
-	}
-	row.Decision, row.DiskBefore, row.DiskAfter = data.Decision, data.DiskBefore, data.DiskAfter
-	row.Objects, row.Bytes, row.ExitCode = data.Objects, data.ReclaimedBytes, data.ExitCode
-	return nil
-}
-
 func taskExit(t swarm.Task) int {
 	if t.Status.ContainerStatus != nil {
 		return t.Status.ContainerStatus.ExitCode
@@ -338,44 +263,8 @@ func taskExit(t swarm.Task) int {
 	return -1
 }
 
-// nodeCard is what a row needs of the card data a node's run printed (cardData).
-type nodeCard struct {
-	Decision       string `json:"decision"`
-	DiskBefore     string `json:"disk_before"`
-	DiskAfter      string `json:"disk_after"`
-	Objects        int    `json:"objects"`
-	ReclaimedBytes uint64 `json:"reclaimed_bytes"`
-	ExitCode       int    `json:"exit_code"`
-}
-
-// findCard finds the card line (ESC]1338; base64 JSON ESC]0m) in a log.
-func findCard(log []byte) (nodeCard, error) {
-	sc := bufio.NewScanner(bytes.NewReader(log))
-	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		start := strings.Index(line, cardPrefix)
-		if start < 0 {
-			continue
-		}
-		encoded, _, _ := strings.Cut(line[start+len(cardPrefix):], cardSuffix)
-		raw, err := base64.StdEncoding.DecodeString(encoded)
-		if err != nil {
-			return nodeCard{}, fmt.Errorf("its card is not base64: %w", err)
-		}
-		var card struct {
-			Data nodeCard `json:"data"`
-		}
-		if err := json.Unmarshal(raw, &card); err != nil {
-			return nodeCard{}, fmt.Errorf("its card is not JSON: %w", err)
-		}
-		return card.Data, nil
-	}
-	return nodeCard{}, fmt.Errorf("no card in its log")
-}
-
-func sortedRows(rows map[string]*NodeRow) []NodeRow {
-	out := make([]NodeRow, 0, len(rows))
+func sortedRows(rows map[string]*report.NodeRow) []report.NodeRow {
+	out := make([]report.NodeRow, 0, len(rows))
 	for _, r := range rows {
 		out = append(out, *r)
 	}

@@ -1,30 +1,13 @@
 package plugin
 
 import (
-	"bytes"
 	"slices"
 	"strings"
 	"testing"
-)
 
-// A node's card, written by WriteCard into a log among other lines, reads back into its row.
-func TestFindCard(t *testing.T) {
-	var log bytes.Buffer
-	log.WriteString("drone-gated-prune 1.0.0\ndecision: pruned\n")
-	rep := sampleReport()
-	if err := WriteCard(&log, "/dev/stdout", rep); err != nil {
-		t.Fatal(err)
-	}
-	log.WriteString("trailing line\n")
-	card, err := findCard(log.Bytes())
-	count, bytes := rep.Removed()
-	if err != nil || card.Decision != rep.Decision || card.Objects != count || card.ReclaimedBytes != bytes || card.DiskBefore != "85.0%" {
-		t.Fatalf("card %+v, %v; want the report's decision, %d objects, %d bytes", card, err, count, bytes)
-	}
-	if _, err := findCard([]byte("no card here\n")); err == nil {
-		t.Fatal("a log without a card must be an error")
-	}
-}
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
+)
 
 // The fleet's exit code is the worst node's: 3 over 1 over 0, any other failure counting as 1.
 func TestWorstNode(t *testing.T) {
@@ -32,19 +15,19 @@ func TestWorstNode(t *testing.T) {
 		codes []int
 		want  int
 	}{
-		{[]int{0, 0, 0}, ExitOK},
-		{[]int{0, 1, 0}, ExitRuntime},
-		{[]int{0, 137, 0}, ExitRuntime},
-		{[]int{1, 3, 0}, ExitPolicy},
-		{[]int{3, 0, 2}, ExitPolicy},
+		{[]int{0, 0, 0}, outcome.ExitOK},
+		{[]int{0, 1, 0}, outcome.ExitRuntime},
+		{[]int{0, 137, 0}, outcome.ExitRuntime},
+		{[]int{1, 3, 0}, outcome.ExitPolicy},
+		{[]int{3, 0, 2}, outcome.ExitPolicy},
 	}
 	for _, c := range cases {
-		var rows []NodeRow
+		var rows []report.NodeRow
 		for i, code := range c.codes {
-			rows = append(rows, NodeRow{Node: "n" + string(rune('1'+i)), ExitCode: code, Decision: "d"})
+			rows = append(rows, report.NodeRow{Node: "n" + string(rune('1'+i)), ExitCode: code, Decision: "d"})
 		}
 		err := worstNode(rows)
-		if got := ExitCode(err); got != c.want {
+		if got := outcome.ExitCode(err); got != c.want {
 			t.Errorf("codes %v: exit %d (%v), want %d", c.codes, got, err, c.want)
 		}
 		if err != nil && !strings.Contains(err.Error(), "n") {

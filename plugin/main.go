@@ -10,6 +10,10 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/engine"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // Invocation is one start of the plugin, as the command wires it: the settings' raw values (key →
@@ -32,16 +36,16 @@ func Main(ctx context.Context, inv Invocation) int {
 	cfg, err := ParseConfig(inv.Raw, time.Now())
 	if err != nil {
 		fmt.Fprintln(inv.Stderr, "drone-gated-prune:", err)
-		return ExitCode(err)
+		return outcome.ExitCode(err)
 	}
 	cfg.ApplyCI(ReadCIEnvironment(inv.Getenv))
 	log := newLogger(inv.Stderr, cfg)
 
-	engine, err := NewEngine(nil)
+	client, err := engine.New(nil)
 	if err != nil {
 		return emit(inv, cfg, log, failedReport(inv.Version, cfg, err), err)
 	}
-	defer engine.Close()
+	defer client.Close()
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
@@ -49,14 +53,14 @@ func Main(ctx context.Context, inv Invocation) int {
 		go func() {
 			select {
 			case sig := <-inv.Signals:
-				cancel(&StopCause{Reason: fmt.Sprintf("received %s", sig)})
+				cancel(&outcome.StopCause{Reason: fmt.Sprintf("received %s", sig)})
 			case <-ctx.Done():
 			}
 		}()
 	}
-	r := &Run{Config: cfg, Engine: engine, Log: log, Version: inv.Version, PollInterval: 5 * time.Second}
-	report, err := r.Execute(ctx)
-	return emit(inv, cfg, log, report, err)
+	r := &Run{Config: cfg, Engine: client, Log: log, Version: inv.Version, PollInterval: 5 * time.Second, FleetPoll: 2 * time.Second}
+	rep, err := r.Execute(ctx)
+	return emit(inv, cfg, log, rep, err)
 }
 
 // TerminationSignals is the channel the command hands to Main: SIGTERM (docker stop, a cancelled
@@ -79,23 +83,23 @@ func newLogger(w io.Writer, cfg Config) *logrus.Logger {
 
 // emit writes every summary and the one line saying what failed, and returns the exit code. A
 // summary that cannot be written fails a run that had not failed otherwise.
-func emit(inv Invocation, cfg Config, log *logrus.Logger, report *Report, runErr error) int {
-	if err := Emit(inv.Stdout, cfg, report); err != nil {
+func emit(inv Invocation, cfg Config, log *logrus.Logger, rep *report.Report, runErr error) int {
+	if err := report.Emit(inv.Stdout, cfg.Destinations(), rep); err != nil {
 		log.WithError(err).Error("writing the summary")
 		if runErr == nil {
-			runErr = &RuntimeError{What: "writing the summary", Err: err}
-			report.ExitCode = ExitCode(runErr)
+			runErr = &outcome.RuntimeError{What: "writing the summary", Err: err}
+			rep.ExitCode = outcome.ExitCode(runErr)
 		}
 	}
 	if runErr != nil {
 		fmt.Fprintln(inv.Stderr, "drone-gated-prune:", runErr)
 	}
-	return report.ExitCode
+	return rep.ExitCode
 }
 
 // failedReport is the report of a run that could not start (no engine client could be made): the
 // summary is still written.
-func failedReport(version string, cfg Config, err error) *Report {
-	return &Report{Version: version, Decision: DecisionError, Error: err.Error(), ExitCode: ExitCode(err), StartedAt: time.Now().UTC(),
+func failedReport(version string, cfg Config, err error) *report.Report {
+	return &report.Report{Version: version, Decision: report.DecisionError, Error: err.Error(), ExitCode: outcome.ExitCode(err), StartedAt: time.Now().UTC(),
 		DryRun: cfg.DryRun, Forced: cfg.Disk.Force, Until: cfg.Until.Raw, FailAbove: cfg.FailAbove}
 }

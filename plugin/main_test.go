@@ -10,6 +10,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 func invocation(raw map[string]string) (Invocation, *bytes.Buffer, *bytes.Buffer) {
@@ -20,7 +23,7 @@ func invocation(raw map[string]string) (Invocation, *bytes.Buffer, *bytes.Buffer
 // Invalid settings: exit 2, one line, no summary.
 func TestMainInvalidSettings(t *testing.T) {
 	inv, stdout, stderr := invocation(map[string]string{"threshold": "abc"})
-	if code := Main(t.Context(), inv); code != ExitInvalid || stdout.Len() != 0 || strings.Count(stderr.String(), "\n") != 1 {
+	if code := Main(t.Context(), inv); code != outcome.ExitInvalid || stdout.Len() != 0 || strings.Count(stderr.String(), "\n") != 1 {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
@@ -32,15 +35,15 @@ func TestMainDaemonUnreachable(t *testing.T) {
 	summary := filepath.Join(dir, "s.json")
 	inv, stdout, stderr := invocation(map[string]string{"force": "true", "summary_file": summary})
 	code := Main(t.Context(), inv)
-	if code != ExitRuntime || !strings.Contains(stderr.String(), "daemon unreachable") || !strings.Contains(stdout.String(), "decision: error") {
+	if code != outcome.ExitRuntime || !strings.Contains(stderr.String(), "daemon unreachable") || !strings.Contains(stdout.String(), "decision: error") {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
-	var rep Report
+	var rep report.Report
 	data, err := os.ReadFile(summary)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := json.Unmarshal(data, &rep); err != nil || rep.ExitCode != ExitRuntime || rep.Error == "" {
+	if err := json.Unmarshal(data, &rep); err != nil || rep.ExitCode != outcome.ExitRuntime || rep.Error == "" {
 		t.Fatalf("summary file: %v %+v", err, rep)
 	}
 }
@@ -50,7 +53,7 @@ func TestMainKeptCacheContactsNothing(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("DOCKER_HOST", "unix://"+filepath.Join(dir, "none.sock"))
 	inv, stdout, _ := invocation(map[string]string{"disk_path": dir, "threshold": "100", "fail_above": "100"})
-	if code := Main(t.Context(), inv); code != ExitOK || !strings.Contains(stdout.String(), "decision: "+DecisionKeptCache) {
+	if code := Main(t.Context(), inv); code != outcome.ExitOK || !strings.Contains(stdout.String(), "decision: "+report.DecisionKeptCache) {
 		t.Fatalf("exit %d, stdout %q", code, stdout)
 	}
 }
@@ -86,7 +89,7 @@ func TestMainSignalStops(t *testing.T) {
 		time.AfterFunc(200*time.Millisecond, func() { signals <- sig })
 		start := time.Now()
 		code := Main(t.Context(), inv)
-		if code != ExitRuntime || !strings.Contains(stderr.String(), "received "+sig.String()) || time.Since(start) > 10*time.Second {
+		if code != outcome.ExitRuntime || !strings.Contains(stderr.String(), "received "+sig.String()) || time.Since(start) > 10*time.Second {
 			t.Fatalf("%v: exit %d after %s, stdout %q, stderr %q", sig, code, time.Since(start), stdout, stderr)
 		}
 	}
@@ -99,7 +102,7 @@ func TestMainTimeoutNamesTheCall(t *testing.T) {
 	inv, stdout, stderr := invocation(map[string]string{"force": "true", "timeout": "200ms"})
 	code := Main(t.Context(), inv)
 	line := stderr.String()
-	if code != ExitRuntime || !strings.Contains(line, "stopped while asking the daemon for its data root (GET /info): timeout 200ms reached") || strings.Contains(line, "unreachable") {
+	if code != outcome.ExitRuntime || !strings.Contains(line, "stopped while asking the daemon for its data root (GET /info): timeout 200ms reached") || strings.Contains(line, "unreachable") {
 		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
@@ -128,7 +131,7 @@ func TestMainJSONLogs(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("DOCKER_HOST", "unix://"+filepath.Join(dir, "none.sock"))
 	inv, stdout, stderr := invocation(map[string]string{"disk_path": dir, "threshold": "100", "fail_above": "100", "log_format": "json", "log_level": "debug"})
-	if code := Main(t.Context(), inv); code != ExitOK || !strings.Contains(stdout.String(), "decision: "+DecisionKeptCache) {
+	if code := Main(t.Context(), inv); code != outcome.ExitOK || !strings.Contains(stdout.String(), "decision: "+report.DecisionKeptCache) {
 		t.Fatalf("exit %d, stdout %q", code, stdout)
 	}
 	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")

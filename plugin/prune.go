@@ -5,40 +5,39 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/docker/docker/api/types/image"
 
-	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/engine"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // pruning is what the phases of one run share: the cutoff on the daemon's clock, how far the
-// daemon's clock is from this host's, and the containers the container phase removed (their
-// images are free for the image phase).
+// daemon's clock is from this host's, and the containers the container phase removed (in a dry
+// run, the ones it would remove): the images only they use are free for the image phase.
 type pruning struct {
-	cutoff            time.Time
-	clockOffset       time.Duration
-	removedContainers map[string]bool
+	cutoff         time.Time
+	clockOffset    time.Duration
+	containersGone map[string]bool
 	// store is the engine's image store, which decides how images are pruned.
-	store Store
+	store engine.Store
 	// cacheWouldRemove is what a dry run's build-cache phase would remove, for the budget phase.
 	cacheWouldRemove int64
 	// cachePlan is what the build-cache phase of a real run may remove, listed before the image
 	// phase as a dry run lists it; cacheBusy, when not nil, says that listing met another client's.
-	cachePlan []Object
+	cachePlan []report.Object
 	cacheBusy error
 }
 
 // prunePhase carries out (or, in a dry run, lists) one phase.
-func (r *Run) prunePhase(ctx context.Context, p *pruning, ph *PhaseReport) error {
+func (r *Run) prunePhase(ctx context.Context, p *pruning, ph *report.PhaseReport) error {
 	switch ph.Phase {
-	case PhaseContainers:
+	case report.PhaseContainers:
 		return r.pruneContainers(ctx, p, ph)
-	case PhaseImages:
+	case report.PhaseImages:
 		return r.pruneImages(ctx, p, ph)
-	case PhaseBuildCache:
+	case report.PhaseBuildCache:
 		return r.pruneBuildCache(ctx, p, ph)
 	default:
 		return r.pruneBuildCacheToBudget(ctx, p, ph)
@@ -46,26 +45,30 @@ func (r *Run) prunePhase(ctx context.Context, p *pruning, ph *PhaseReport) error
 }
 
 // pruneContainers removes (or lists) stopped containers created at or before the cutoff.
-func (r *Run) pruneContainers(ctx context.Context, p *pruning, ph *PhaseReport) error {
-	p.removedContainers = map[string]bool{}
+func (r *Run) pruneContainers(ctx context.Context, p *pruning, ph *report.PhaseReport) error {
+	p.containersGone = map[string]bool{}
 	ph.Filters = PruneFilterText(p.cutoff, r.Config.Labels)
 	if r.Config.DryRun {
-		objs, err := r.Engine.StoppedContainers(ctx, p.cutoff, r.Config.Labels)
+		listed, err := r.Engine.StoppedContainers(ctx, stoppedListFilters(r.Config.Labels))
+		if err != nil {
+			return err
+		}
+		objs, _, err := createdBy(ctx, withoutKeepLabel(listed), p.cutoff, r.Engine.ContainerCreated)
 		if err != nil {
 			return err
 		}
 		for _, o := range objs {
-			p.removedContainers[o.ID] = true
+			p.containersGone[o.ID] = true
 		}
-		setObjects(ph, StatusWouldRemove, objs)
+		setObjects(ph, report.StatusWouldRemove, objs)
 		return nil
 	}
-	ids, bytes, err := r.Engine.PruneContainers(ctx, p.cutoff, r.Config.Labels)
+	ids, bytes, err := r.Engine.PruneContainers(ctx, pruneFilters(p.cutoff, r.Config.Labels))
 	if err != nil {
 		return err
 	}
 	for _, id := range ids {
-		p.removedContainers[id] = true
+		p.containersGone[id] = true
 	}
 	setRemoved(ph, ids, bytes)
 	return nil
@@ -75,14 +78,14 @@ func (r *Run) pruneContainers(ctx context.Context, p *pruning, ph *PhaseReport) 
 // untagged parents the engine deletes along with them. Every image ID the engine reports deleted
 // is counted as an image; the other IDs it reports are layers. The classic store's prune endpoint
 // is used where it removes exactly the plan; elsewhere the plan is deleted image by image.
-func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) error {
+func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *report.PhaseReport) error {
 	ph.Filters = append(PruneFilterText(p.cutoff, r.Config.Labels), "dangling=true")
 	if !r.Config.DryRun && len(r.Config.Labels) == 0 {
 		// What the build-cache phase may remove, before this phase frees the records an image shared.
 		// A listing another client holds skips the build-cache phase, as a prune it holds would.
 		var err error
-		p.cachePlan, err = r.Engine.UnusedBuildCache(ctx, p.cutoff)
-		if errors.Is(err, ErrPruneRunning) {
+		p.cachePlan, err = r.unusedBuildCache(ctx, p.cutoff)
+		if errors.Is(err, engine.ErrPruneRunning) {
 			p.cacheBusy = err
 		} else if err != nil {
 			return err
@@ -92,17 +95,21 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 	if err != nil {
 		return err
 	}
-	heads, noTime, err := r.Engine.DanglingImages(ctx, p.cutoff, r.Config.Labels, p.store)
+	listed, err := r.Engine.DanglingImages(ctx, danglingListFilters(p.cutoff, r.Config.Labels, p.store))
 	if err != nil {
 		return err
 	}
-	inUse, err := r.Engine.ImagesInUse(ctx, p.removedContainers)
+	heads, noTime, err := createdBy(ctx, withoutKeepLabel(listed), p.cutoff, r.Engine.ImageCreated)
 	if err != nil {
 		return err
 	}
-	plan := planImagePrune(heads, all, inUse, r.Config.Labels)
+	containers, err := r.Engine.ContainerImages(ctx)
+	if err != nil {
+		return err
+	}
+	plan := planImagePrune(heads, all, imagesInUse(containers, p.containersGone), r.Config.Labels)
 	if r.Config.DryRun {
-		setObjects(ph, StatusWouldRemove, byID(plan.Images))
+		setObjects(ph, report.StatusWouldRemove, byID(plan.Images))
 		return nil
 	}
 	if p.store.Containerd || plan.Narrower || noTime > 0 {
@@ -112,11 +119,11 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 	for _, im := range all {
 		known[im.ID] = im
 	}
-	deleted, untagged, bytes, err := r.Engine.PruneDanglingImages(ctx, p.cutoff, r.Config.Labels)
+	deleted, untagged, bytes, err := r.Engine.PruneImages(ctx, danglingPruneFilters(p.cutoff, r.Config.Labels))
 	if err != nil {
 		return err
 	}
-	var objs []Object
+	var objs []report.Object
 	for _, id := range deleted {
 		if im, ok := known[id]; ok {
 			objs = append(objs, imageObject(im))
@@ -124,7 +131,7 @@ func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *PhaseReport) erro
 			ph.Layers++
 		}
 	}
-	setObjects(ph, StatusRemoved, objs)
+	setObjects(ph, report.StatusRemoved, objs)
 	ph.Untagged, ph.Bytes = untagged, bytes
 	return nil
 }
@@ -135,25 +142,25 @@ const deleteWorkers = 8
 
 // deletion is one image delete's answer.
 type deletion struct {
-	image             Object
+	image             report.Object
 	deleted, untagged []string
 	kept              bool
 	err               error
 }
 
-// deleteImages deletes the planned images one by one (see Engine.DeleteImage), deleteWorkers at a
+// deleteImages deletes the planned images one by one (engine.Client.DeleteImage), deleteWorkers at a
 // time, each once every planned child of it is gone, and reports what the engine deleted; the
 // bytes are the deleted images' listed sizes, as the engine reports none for a delete. A parent
 // whose child stayed (it became used meanwhile) stays too, as the plan's rule has it. After a
 // failure or a stop no further delete is sent; those in flight are awaited.
-func (r *Run) deleteImages(ctx context.Context, plan []Object, all []image.Summary, store Store, ph *PhaseReport) error {
-	known := map[string]Object{}
+func (r *Run) deleteImages(ctx context.Context, plan []report.Object, all []image.Summary, store engine.Store, ph *report.PhaseReport) error {
+	known := map[string]report.Object{}
 	parent := map[string]string{}
 	for _, im := range all {
 		known[im.ID] = imageObject(im)
 		parent[im.ID] = im.ParentID
 	}
-	planned := map[string]Object{}
+	planned := map[string]report.Object{}
 	children := map[string]int{} // planned children not yet deleted
 	for _, o := range plan {
 		planned[o.ID] = o
@@ -163,7 +170,7 @@ func (r *Run) deleteImages(ctx context.Context, plan []Object, all []image.Summa
 			children[parent[o.ID]]++
 		}
 	}
-	var ready []Object
+	var ready []report.Object
 	for _, o := range plan {
 		if children[o.ID] == 0 {
 			ready = append(ready, o)
@@ -182,7 +189,7 @@ func (r *Run) deleteImages(ctx context.Context, plan []Object, all []image.Summa
 		}
 	}
 	answers := make(chan deletion)
-	var objs []Object
+	var objs []report.Object
 	var err error
 	inFlight := 0
 	for {
@@ -201,7 +208,7 @@ func (r *Run) deleteImages(ctx context.Context, plan []Object, all []image.Summa
 			go func() {
 				ref := o.ID
 				if store.Containerd {
-					ref = DanglingRecord(o.ID)
+					ref = engine.DanglingRecord(o.ID)
 				}
 				d := deletion{image: o}
 				d.deleted, d.untagged, d.kept, d.err = r.Engine.DeleteImage(ctx, ref)
@@ -227,7 +234,7 @@ func (r *Run) deleteImages(ctx context.Context, plan []Object, all []image.Summa
 		ph.Untagged = append(ph.Untagged, d.untagged...)
 		done(d.image.ID, d.kept)
 	}
-	setObjects(ph, StatusRemoved, byID(objs))
+	setObjects(ph, report.StatusRemoved, byID(objs))
 	for _, o := range objs {
 		ph.Bytes += uint64(max(o.Size, 0))
 	}
@@ -241,17 +248,17 @@ func (r *Run) deleteImages(ctx context.Context, plan []Object, all []image.Summa
 
 // pruneBuildCache removes (or lists) unused build cache last used before the cutoff; with labels
 // set it is skipped, since the engine ignores labels there and would prune outside them.
-func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *PhaseReport) error {
+func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *report.PhaseReport) error {
 	if skipForLabels(r.Config, ph) {
 		return nil
 	}
 	ph.Filters = []string{"until=" + p.cutoff.UTC().Format(time.RFC3339) + " (sent as its age on the daemon's clock)"}
 	if r.Config.DryRun {
-		objs, err := r.Engine.UnusedBuildCache(ctx, p.cutoff)
+		objs, err := r.unusedBuildCache(ctx, p.cutoff)
 		if err != nil {
 			return err
 		}
-		setObjects(ph, StatusWouldRemove, objs)
+		setObjects(ph, report.StatusWouldRemove, objs)
 		p.cacheWouldRemove = int64(ph.Bytes)
 		return nil
 	}
@@ -268,7 +275,7 @@ func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *PhaseReport) 
 		ids = append(ids, o.ID)
 	}
 	// The daemon's clock now, read from this host's, for the age the engine is sent.
-	ids, bytes, err := r.Engine.PruneBuildCache(ctx, ids, p.cutoff, time.Now().Add(p.clockOffset))
+	ids, bytes, err := r.Engine.PruneBuildCache(ctx, ids, buildCacheAge(p.cutoff, time.Now().Add(p.clockOffset)))
 	setRemoved(ph, ids, bytes)
 	return err
 }
@@ -277,28 +284,29 @@ func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *PhaseReport) 
 // its age, until the prunable part fits build_cache_budget; the records in use stay, so the limit
 // BuildKit is sent is the budget plus their size. A dry run says how much is over the
 // budget: BuildKit picks the records only when it prunes.
-func (r *Run) pruneBuildCacheToBudget(ctx context.Context, p *pruning, ph *PhaseReport) error {
+func (r *Run) pruneBuildCacheToBudget(ctx context.Context, p *pruning, ph *report.PhaseReport) error {
 	if skipForLabels(r.Config, ph) {
 		return nil
 	}
-	usage, err := r.Engine.BuildCacheUsage(ctx)
+	records, err := r.Engine.BuildCache(ctx)
 	if err != nil {
 		return err
 	}
+	total, prunable := cacheUsage(records)
 	budget := int64(r.Config.BuildCacheBudget)
-	prunable := usage.Prunable - p.cacheWouldRemove
-	limit := usage.Total - usage.Prunable + budget
+	limit := total - prunable + budget
+	prunable -= p.cacheWouldRemove
 	ph.Filters = []string{fmt.Sprintf("limit=%s (build_cache_budget %s + %s in use)",
-		human(uint64(limit)), human(uint64(budget)), human(uint64(usage.Total-usage.Prunable)))}
+		report.Human(uint64(limit)), report.Human(uint64(budget)), report.Human(uint64(limit-budget)))}
 	switch {
 	case prunable <= budget:
-		ph.Status = StatusSkipped
-		ph.Reason = fmt.Sprintf("unused build cache (%s) is within build_cache_budget %s", human(uint64(max(prunable, 0))), human(uint64(budget)))
+		ph.Status = report.StatusSkipped
+		ph.Reason = fmt.Sprintf("unused build cache (%s) is within build_cache_budget %s", report.Human(uint64(max(prunable, 0))), report.Human(uint64(budget)))
 		return nil
 	case r.Config.DryRun:
-		setObjects(ph, StatusWouldRemove, nil)
+		setObjects(ph, report.StatusWouldRemove, nil)
 		ph.Bytes = uint64(prunable - budget)
-		ph.Reason = fmt.Sprintf("unused build cache (%s) is over build_cache_budget %s; BuildKit picks the least recently used records when it prunes", human(uint64(prunable)), human(uint64(budget)))
+		ph.Reason = fmt.Sprintf("unused build cache (%s) is over build_cache_budget %s; BuildKit picks the least recently used records when it prunes", report.Human(uint64(prunable)), report.Human(uint64(budget)))
 		return nil
 	}
 	ids, bytes, err := r.Engine.PruneBuildCacheTo(ctx, limit)
@@ -311,112 +319,70 @@ func (r *Run) pruneBuildCacheToBudget(ctx context.Context, p *pruning, ph *Phase
 
 // skipForLabels skips a build-cache phase when labels is set: the engine ignores labels there and
 // would prune beyond them.
-func skipForLabels(cfg Config, ph *PhaseReport) bool {
+func skipForLabels(cfg Config, ph *report.PhaseReport) bool {
 	if len(cfg.Labels) == 0 {
 		return false
 	}
-	ph.Status = StatusSkipped
+	ph.Status = report.StatusSkipped
 	ph.Reason = "labels is set and the engine ignores labels when pruning build cache, so this phase would reach beyond them"
 	return true
 }
 
-func imageObject(im image.Summary) Object {
-	return Object{ID: im.ID, Size: im.Size, Created: time.Unix(im.Created, 0)}
-}
-
-// imagePlan is what the image phase removes, in deletion order: an image after every planned
-// image that is its child.
-type imagePlan struct {
-	Images []Object
-	// Narrower is true when the classic store's prune endpoint would delete more than Images: a
-	// head a digest reference names, or an untagged parent the plan keeps for its labels.
-	Narrower bool
-}
-
-// planImagePrune is what the engine's dangling-image prune deletes, kept to the images no tag or
-// digest reference names and that carry every label in labels: every head (a dangling image
-// without children, already filtered by age and labels) that no container uses and that the full
-// listing shows unreferenced (on the containerd store a dangling record can sit beside a tag of
-// the same image), and then, walking up from each, every parent left without children that has no
-// tag or digest, that no container uses and that carries labels — the classic store deletes with
-// PruneChildren and stops at the first parent it may not delete, though it does not look at the
-// parents' labels. The set does not depend on the order the heads are taken in.
-func planImagePrune(heads []Object, all []image.Summary, inUse map[string]bool, labels []gates.LabelSelector) imagePlan {
-	byID := map[string]image.Summary{}
-	children := map[string]int{}
-	for _, im := range all {
-		byID[im.ID] = im
-		if im.ParentID != "" {
-			children[im.ParentID]++
-		}
-	}
-	var plan imagePlan
-	for _, h := range heads {
-		if inUse[h.ID] {
-			continue
-		}
-		if im, ok := byID[h.ID]; ok && referenced(im) {
-			plan.Narrower = true
-			continue
-		}
-		plan.Images = append(plan.Images, h)
-		for parent := byID[h.ID].ParentID; parent != ""; parent = byID[parent].ParentID {
-			children[parent]--
-			im, ok := byID[parent]
-			if !ok || children[parent] > 0 || referenced(im) || inUse[parent] {
-				break
+// createdBy keeps the listed objects created at or before cutoff, as the engine decides: where
+// the listed second cannot settle it (needsExactTime) it asks exact, one request each. noTime
+// counts the objects without a creation time, which are left out: the engine's prune keeps them
+// too, except on Engine 20.10's classic store.
+func createdBy(ctx context.Context, listed []engine.Listed, cutoff time.Time, exact func(context.Context, string) (string, error)) (out []report.Object, noTime int, err error) {
+	for _, l := range listed {
+		o := l.Object
+		o.Created = time.Unix(l.Unix, 0)
+		if needsExactTime(l.Unix, cutoff) {
+			s, err := exact(ctx, l.ID)
+			if errors.Is(err, engine.ErrGone) {
+				continue
 			}
-			if _, keep := im.Labels[KeepLabel]; keep || !matchesAll(labels, im.Labels) {
-				plan.Narrower = true
-				break
+			if err != nil {
+				return nil, 0, err
 			}
-			plan.Images = append(plan.Images, imageObject(im))
+			created, ok, err := parseCreated(s)
+			if err != nil {
+				return nil, 0, err
+			}
+			if !ok {
+				noTime++
+				continue
+			}
+			o.Created = created
+		}
+		if !o.Created.After(cutoff) {
+			out = append(out, o)
 		}
 	}
-	return plan
+	return out, noTime, nil
 }
 
-// matchesAll reports whether labels carry every selector, as the engine's label filters match.
-func matchesAll(selectors []gates.LabelSelector, labels map[string]string) bool {
-	for _, sel := range selectors {
-		if !sel.Matches(labels) {
-			return false
-		}
+// unusedBuildCache lists the build-cache records the build-cache prune removes (unusedCache).
+func (r *Run) unusedBuildCache(ctx context.Context, cutoff time.Time) ([]report.Object, error) {
+	records, err := r.Engine.BuildCache(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return true
-}
-
-// byID is objs sorted by ID, as the report lists them.
-func byID(objs []Object) []Object {
-	out := slices.Clone(objs)
-	slices.SortFunc(out, func(a, b Object) int { return strings.Compare(a.ID, b.ID) })
-	return out
-}
-
-// referenced reports whether an image has a tag or a digest reference (older engines list an
-// untagged image as "<none>:<none>" and "<none>@<none>").
-func referenced(im image.Summary) bool {
-	for _, ref := range append(im.RepoTags, im.RepoDigests...) {
-		if ref != "<none>:<none>" && ref != "<none>@<none>" {
-			return true
-		}
-	}
-	return false
+	return unusedCache(records, cutoff), nil
 }
 
 // setRemoved records what a prune call reported: the IDs it removed and the bytes it reclaimed.
-func setRemoved(ph *PhaseReport, ids []string, bytes uint64) {
-	objs := make([]Object, 0, len(ids))
+func setRemoved(ph *report.PhaseReport, ids []string, bytes uint64) {
+	objs := make([]report.Object, 0, len(ids))
 	for _, id := range ids {
-		objs = append(objs, Object{ID: id})
+		objs = append(objs, report.Object{ID: id})
 	}
-	setObjects(ph, StatusRemoved, objs)
+	setObjects(ph, report.StatusRemoved, objs)
 	ph.Bytes = bytes
 }
 
-func setObjects(ph *PhaseReport, status string, objs []Object) {
+func setObjects(ph *report.PhaseReport, status string, objs []report.Object) {
 	ph.Status, ph.Objects, ph.Count = status, objs, len(objs)
-	if status == StatusWouldRemove {
+	if status == report.StatusWouldRemove {
 		for _, o := range objs {
 			if o.Size > 0 {
 				ph.Bytes += uint64(o.Size)

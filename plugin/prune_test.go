@@ -2,11 +2,6 @@ package plugin
 
 import (
 	"context"
-	"encoding/json"
-	"io"
-	"net/http"
-	"net/http/httptest"
-	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -15,9 +10,11 @@ import (
 	"github.com/docker/docker/api/types/image"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/engine"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
-func ids(objs []Object) []string {
+func ids(objs []report.Object) []string {
 	var out []string
 	for _, o := range objs {
 		out = append(out, o.ID)
@@ -46,7 +43,7 @@ func TestImagePrunePlan(t *testing.T) {
 		// g2 is a head used by a container: neither it nor its parent goes
 		{ID: "g1"}, {ID: "g2", ParentID: "g1"},
 	}
-	heads := []Object{{ID: "a3"}, {ID: "b3"}, {ID: "b2"}, {ID: "c3"}, {ID: "d2"}, {ID: "e2"}, {ID: "f2"}, {ID: "g2"}}
+	heads := []report.Object{{ID: "a3"}, {ID: "b3"}, {ID: "b2"}, {ID: "c3"}, {ID: "d2"}, {ID: "e2"}, {ID: "f2"}, {ID: "g2"}}
 	inUse := map[string]bool{"e1": true, "g2": true}
 	want := []string{"a1", "a2", "a3", "b1", "b2", "b3", "c2", "c3", "d2", "e2", "f2"}
 	parent := map[string]string{}
@@ -86,69 +83,30 @@ func TestImagePrunePlanNarrows(t *testing.T) {
 	for _, c := range []struct {
 		name     string
 		all      []image.Summary
-		heads    []Object
+		heads    []report.Object
 		labels   []gates.LabelSelector
 		want     []string
 		narrower bool
 	}{
-		{"dangling record beside a tag", []image.Summary{{ID: "x", RepoTags: []string{"app:1"}}}, []Object{{ID: "x"}}, nil, nil, true},
-		{"dangling record beside a digest", []image.Summary{{ID: "x", RepoDigests: []string{"app@sha256:0"}}}, []Object{{ID: "x"}}, nil, nil, true},
+		{"dangling record beside a tag", []image.Summary{{ID: "x", RepoTags: []string{"app:1"}}}, []report.Object{{ID: "x"}}, nil, nil, true},
+		{"dangling record beside a digest", []image.Summary{{ID: "x", RepoDigests: []string{"app@sha256:0"}}}, []report.Object{{ID: "x"}}, nil, nil, true},
 		{"parent without the label", []image.Summary{{ID: "p1"}, {ID: "p2", ParentID: "p1", Labels: labelled}, {ID: "p3", ParentID: "p2", Labels: labelled}},
-			[]Object{{ID: "p3"}}, tier, []string{"p2", "p3"}, true},
+			[]report.Object{{ID: "p3"}}, tier, []string{"p2", "p3"}, true},
 		{"parent with another value", []image.Summary{{ID: "p1", Labels: map[string]string{"tier": "base"}}, {ID: "p2", ParentID: "p1", Labels: labelled}},
-			[]Object{{ID: "p2"}}, tier, []string{"p2"}, true},
+			[]report.Object{{ID: "p2"}}, tier, []string{"p2"}, true},
 		{"every parent labelled", []image.Summary{{ID: "p1", Labels: labelled}, {ID: "p2", ParentID: "p1", Labels: labelled}},
-			[]Object{{ID: "p2"}}, tier, []string{"p1", "p2"}, false},
+			[]report.Object{{ID: "p2"}}, tier, []string{"p1", "p2"}, false},
 		{"label value holding =", []image.Summary{{ID: "p1", Labels: map[string]string{"k": "a=b"}}, {ID: "p2", ParentID: "p1", Labels: map[string]string{"k": "a=b"}}},
-			[]Object{{ID: "p2"}}, []gates.LabelSelector{{Key: "k", Value: "a=b", HasValue: true}}, []string{"p1", "p2"}, false},
+			[]report.Object{{ID: "p2"}}, []gates.LabelSelector{{Key: "k", Value: "a=b", HasValue: true}}, []string{"p1", "p2"}, false},
 		{"parent with the keep label", []image.Summary{{ID: "k1", Labels: map[string]string{KeepLabel: ""}}, {ID: "k2", ParentID: "k1"}},
-			[]Object{{ID: "k2"}}, nil, []string{"k2"}, true},
-		{"no labels, plain chain", []image.Summary{{ID: "q1"}, {ID: "q2", ParentID: "q1"}}, []Object{{ID: "q2"}}, nil, []string{"q1", "q2"}, false},
+			[]report.Object{{ID: "k2"}}, nil, []string{"k2"}, true},
+		{"no labels, plain chain", []image.Summary{{ID: "q1"}, {ID: "q2", ParentID: "q1"}}, []report.Object{{ID: "q2"}}, nil, []string{"q1", "q2"}, false},
 	} {
 		plan := planImagePrune(c.heads, c.all, nil, c.labels)
 		if got := ids(byID(plan.Images)); !slices.Equal(got, c.want) || plan.Narrower != c.narrower {
 			t.Errorf("%s: plan %q narrower %v, want %q narrower %v", c.name, got, plan.Narrower, c.want, c.narrower)
 		}
 	}
-}
-
-// deleteServer answers DELETE /images/{name}: with 409 for the names in refuse, with only the
-// dangling record untagged for those in untagOnly (a tag was made since the listing), else with the
-// image and one layer deleted. It records each name in the order the deletes arrive.
-func deleteServer(t *testing.T, refuse, untagOnly map[string]bool) (*Engine, func() []string) {
-	var mu sync.Mutex
-	var deletes []string
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		name := path.Base(r.URL.Path)
-		id := strings.TrimPrefix(name, "moby-dangling@")
-		mu.Lock()
-		defer mu.Unlock()
-		switch {
-		case r.Method != http.MethodDelete:
-			w.WriteHeader(http.StatusNotImplemented)
-		case r.URL.Query().Get("noprune") != "1":
-			t.Errorf("DELETE %s without noprune=1: the engine would also take the image's untagged parents", r.URL)
-			w.WriteHeader(http.StatusBadRequest)
-		case refuse[id]:
-			deletes = append(deletes, name+" refused")
-			w.WriteHeader(http.StatusConflict)
-			_, _ = io.WriteString(w, `{"message":"image is being used by a stopped container"}`)
-		case untagOnly[id]:
-			deletes = append(deletes, name+" untagged")
-			_ = json.NewEncoder(w).Encode([]image.DeleteResponse{{Untagged: name}})
-		default:
-			deletes = append(deletes, name)
-			_ = json.NewEncoder(w).Encode([]image.DeleteResponse{{Deleted: id}, {Deleted: "layer-of-" + id}})
-		}
-	}))
-	t.Cleanup(srv.Close)
-	t.Setenv("DOCKER_HOST", "tcp://"+srv.Listener.Addr().String())
-	t.Setenv("DOCKER_API_VERSION", "1.52")
-	e, err := NewEngine(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e, func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(deletes) }
 }
 
 // The plan is deleted one image at a time, never pruning parents (noprune=1), each image once its
@@ -162,10 +120,26 @@ func TestDeleteImagesInPlanOrder(t *testing.T) {
 		{ID: "b1", Size: 8}, {ID: "b2", ParentID: "b1", Size: 16}, {ID: "b3", ParentID: "b1", Size: 32},
 		{ID: "c1", Size: 64}, {ID: "c2", ParentID: "c1", Size: 128},
 	}
-	for _, store := range []Store{{Containerd: true}, {}} {
-		e, deletes := deleteServer(t, map[string]bool{"a3": true}, map[string]bool{"c2": true})
-		plan := planImagePrune([]Object{{ID: "a3"}, {ID: "b2"}, {ID: "b3"}, {ID: "c2"}}, all, nil, nil).Images
-		ph := &PhaseReport{}
+	for _, store := range []engine.Store{{Containerd: true}, {}} {
+		var mu sync.Mutex
+		var got []string
+		e := &fakeEngine{deleteImage: func(_ context.Context, ref string) ([]string, []string, bool, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			id := strings.TrimPrefix(ref, "moby-dangling@")
+			switch id {
+			case "a3": // became used meanwhile (409)
+				got = append(got, ref+" refused")
+				return nil, nil, true, nil
+			case "c2": // tagged since the listing: only the dangling record went
+				got = append(got, ref+" untagged")
+				return nil, nil, true, nil
+			}
+			got = append(got, ref)
+			return []string{id, "layer-of-" + id}, nil, false, nil
+		}}
+		plan := planImagePrune([]report.Object{{ID: "a3"}, {ID: "b2"}, {ID: "b3"}, {ID: "c2"}}, all, nil, nil).Images
+		ph := &report.PhaseReport{}
 		r := &Run{Engine: e}
 		if err := r.deleteImages(context.Background(), plan, all, store, ph); err != nil {
 			t.Fatal(err)
@@ -176,7 +150,6 @@ func TestDeleteImagesInPlanOrder(t *testing.T) {
 			}
 			return id
 		}
-		got := deletes()
 		want := []string{ref("a3") + " refused", ref("b1"), ref("b2"), ref("b3"), ref("c2") + " untagged"}
 		if sorted := slices.Sorted(slices.Values(got)); !slices.Equal(sorted, want) {
 			t.Errorf("%s: deletes %q, want %q in any order but b1 last of the b chain", store, got, want)
@@ -187,8 +160,8 @@ func TestDeleteImagesInPlanOrder(t *testing.T) {
 		if got, want := ids(ph.Objects), []string{"b1", "b2", "b3"}; !slices.Equal(got, want) {
 			t.Errorf("%s: reported images %q, want %q", store, got, want)
 		}
-		if ph.Count != 3 || ph.Layers != 3 || ph.Bytes != 8+16+32 || ph.Status != StatusRemoved || len(ph.Untagged) != 0 {
-			t.Errorf("%s: count %d, layers %d, bytes %d, status %q, untagged %q; want 3, 3, 56, %q, none", store, ph.Count, ph.Layers, ph.Bytes, ph.Status, ph.Untagged, StatusRemoved)
+		if ph.Count != 3 || ph.Layers != 3 || ph.Bytes != 8+16+32 || ph.Status != report.StatusRemoved || len(ph.Untagged) != 0 {
+			t.Errorf("%s: count %d, layers %d, bytes %d, status %q, untagged %q; want 3, 3, 56, %q, none", store, ph.Count, ph.Layers, ph.Bytes, ph.Status, ph.Untagged, report.StatusRemoved)
 		}
 	}
 }

@@ -10,37 +10,44 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/engine"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
-// Run is one gated prune: validate → measure → gates → prune → measure again.
+// Run is one gated prune of valid settings: measure → gates → prune in order, the gates
+// re-checked before each phase → measure again.
 type Run struct {
 	Config  Config
-	Engine  *Engine
+	Engine  Engine
 	Log     *logrus.Logger
 	Version string
 	// PollInterval is how often closed gates are re-checked while Config.Wait lasts.
 	PollInterval time.Duration
+	// FleetPoll is how often a fleet run asks whether every node's task has ended.
+	FleetPoll time.Duration
 }
 
 // Execute runs the policy and always returns a report; the error, when not nil, carries the exit
 // code (ExitCode).
-func (r *Run) Execute(ctx context.Context) (*Report, error) {
+func (r *Run) Execute(ctx context.Context) (*report.Report, error) {
 	start := time.Now()
-	rep := &Report{Version: r.Version, DryRun: r.Config.DryRun, Forced: r.Config.Disk.Force,
+	rep := &report.Report{Version: r.Version, DryRun: r.Config.DryRun, Forced: r.Config.Disk.Force,
 		Until: r.Config.Until.Raw, FailAbove: r.Config.FailAbove, StartedAt: start.UTC(), Daemon: r.Engine.Host()}
-	ctx, cancel := context.WithTimeoutCause(ctx, r.Config.Timeout, &StopCause{Reason: fmt.Sprintf("timeout %s reached", r.Config.Timeout)})
+	ctx, cancel := context.WithTimeoutCause(ctx, r.Config.Timeout, &outcome.StopCause{Reason: fmt.Sprintf("timeout %s reached", r.Config.Timeout)})
 	defer cancel()
-	err := r.finish(ctx, rep, r.gateAndPrune(ctx, rep))
+	measured, err := r.gateAndPrune(ctx, rep)
+	err = r.finish(ctx, rep, measured, err)
 	rep.DurationSeconds = time.Since(start).Seconds()
 	return rep, err
 }
 
-// finish is every ending: measure again and check the ceiling (unless the first reading failed),
-// say what holds the space if the phases ran and the disk is still under pressure, then record
-// the outcome and its exit code.
-func (r *Run) finish(ctx context.Context, rep *Report, err error) error {
+// finish is every ending: measure again what was measured and check the ceiling (unless the
+// first reading failed), say what holds the space if the phases ran and the disk is still under
+// pressure, then record the outcome and its exit code.
+func (r *Run) finish(ctx context.Context, rep *report.Report, measured []dataPath, err error) error {
 	if rep.DiskBefore != nil {
-		if after, merr := measureAll(rep.measured); merr == nil {
+		if after, merr := measureAll(measured); merr == nil {
 			rep.FilesystemsAfter = after
 			r.compareDisk(rep)
 		} else if err == nil {
@@ -49,22 +56,23 @@ func (r *Run) finish(ctx context.Context, rep *Report, err error) error {
 	}
 	if err == nil && len(rep.Phases) > 0 && r.underPressure(rep.DiskAfter) {
 		// Advice only: a failure to get it is logged, and the run's outcome stands.
-		if rep.Advice, err = r.Engine.SpaceHolders(ctx); err != nil {
-			r.Log.WithError(err).Warn("could not tell what holds the space")
-			err = nil
+		if du, aerr := r.Engine.DiskUsage(ctx); aerr != nil {
+			r.Log.WithError(aerr).Warn("could not tell what holds the space")
+		} else {
+			rep.Advice = spaceAdvice(du)
 		}
 	}
 	if err == nil && rep.CeilingBreached {
 		worst := rep.FilesystemsAfter[0]
-		err = &PolicyError{Reason: fmt.Sprintf("%s is still %.1f%% used, at or above fail_above %g%%",
+		err = &outcome.PolicyError{Reason: fmt.Sprintf("%s is still %.1f%% used, at or above fail_above %g%%",
 			worst.Path, worst.UsedPercent(), r.Config.FailAbove)}
 	}
-	rep.ExitCode = ExitCode(err)
+	rep.ExitCode = outcome.ExitCode(err)
 	if err != nil {
 		rep.Error = err.Error()
 	}
-	if rep.ExitCode == ExitRuntime {
-		rep.Decision = DecisionError
+	if rep.ExitCode == outcome.ExitRuntime {
+		rep.Decision = report.DecisionError
 		markNotRun(rep.Phases, "the run stopped before this phase")
 	}
 	return err
@@ -73,7 +81,7 @@ func (r *Run) finish(ctx context.Context, rep *Report, err error) error {
 // compareDisk reads the second measurement: the reading of the filesystem the gate decided on, the
 // ceiling on the worst filesystem, and the growth of free space on all of them (what a prune
 // really freed, beside what the engine reports).
-func (r *Run) compareDisk(rep *Report) {
+func (r *Run) compareDisk(rep *report.Report) {
 	before := map[string]gates.Filesystem{}
 	for _, fs := range rep.Filesystems {
 		before[fs.Path] = fs
@@ -100,23 +108,23 @@ func (r *Run) underPressure(fs *gates.Filesystem) bool {
 
 // stopped turns a cancelled context into the error that says why the run stopped.
 func stopped(ctx context.Context, what string) error {
-	return &RuntimeError{What: "stopped " + what, Err: context.Cause(ctx)}
+	return &outcome.RuntimeError{What: "stopped " + what, Err: context.Cause(ctx)}
 }
 
 // gateAndPrune is the run's order: the disk-pressure gate, then the no-run and no-converge gates
-// (waiting while Config.Wait lasts), then the prune phases.
-func (r *Run) gateAndPrune(ctx context.Context, rep *Report) error {
+// (waiting while Config.Wait lasts), then the prune phases. It returns what it measured, to be
+// measured again at the end.
+func (r *Run) gateAndPrune(ctx context.Context, rep *report.Report) ([]dataPath, error) {
 	if r.Config.Fleet {
-		return r.runFleet(ctx, rep)
+		return nil, r.runFleet(ctx, rep)
 	}
 	// The daily common case ends at the disk gate with at most one daemon call.
 	paths, err := r.dataPaths(ctx, rep)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	rep.measured = paths
 	if rep.Filesystems, err = measureAll(paths); err != nil {
-		return err
+		return nil, err
 	}
 	disk, fs := gates.DiskPressureOn(rep.Filesystems, r.Config.Disk)
 	rep.DiskBefore = &fs
@@ -124,26 +132,26 @@ func (r *Run) gateAndPrune(ctx context.Context, rep *Report) error {
 	rep.Gates = append(rep.Gates, disk)
 	r.logVerdict(disk)
 	if !disk.Open {
-		rep.Decision = DecisionKeptCache
-		return nil
+		rep.Decision = report.DecisionKeptCache
+		return paths, nil
 	}
 	snap, closed, err := r.waitForGates(ctx, rep, nil)
 	if err != nil {
-		return err
+		return paths, err
 	}
 	rep.APIVersion = snap.APIVersion
 	if len(closed) > 0 {
 		rep.Decision = "skipped: " + strings.Join(closed, ", ")
-		return nil
+		return paths, nil
 	}
 	rep.Decision, err = r.pruneInOrder(ctx, rep, snap)
-	return err
+	return paths, err
 }
 
 // pruneInOrder runs the phases in order, re-checking the no-run and no-converge gates before each
 // one after the first, and returns the decision. A phase another pruner holds (409) is skipped;
 // any other failure stops the run.
-func (r *Run) pruneInOrder(ctx context.Context, rep *Report, snap Snapshot) (string, error) {
+func (r *Run) pruneInOrder(ctx context.Context, rep *report.Report, snap engine.Snapshot) (string, error) {
 	p := &pruning{cutoff: r.Config.Until.Cutoff(snap.DaemonTime), clockOffset: snap.DaemonTime.Sub(snap.LocalTime), store: snap.Store}
 	rep.Cutoff = &p.cutoff
 	rep.Store = snap.Store.String()
@@ -166,16 +174,16 @@ func (r *Run) pruneInOrder(ctx context.Context, rep *Report, snap Snapshot) (str
 		}
 		err := r.prunePhase(ctx, p, ph)
 		switch {
-		case errors.Is(err, ErrPruneRunning):
-			ph.Status, ph.Reason = StatusSkipped, err.Error()
+		case errors.Is(err, engine.ErrPruneRunning):
+			ph.Status, ph.Reason = report.StatusSkipped, err.Error()
 			r.Log.WithField("phase", ph.Phase).Warn(ph.Reason)
 			continue
 		case err != nil && ctx.Err() != nil:
-			ph.Status = StatusInterrupted
+			ph.Status = report.StatusInterrupted
 			ph.Reason = "the run was stopped while the engine was pruning and its answer did not come within the grace period; it may have removed some objects"
 			return "", stopped(ctx, "during the "+ph.Phase+" phase")
 		case err != nil:
-			ph.Status, ph.Reason = StatusFailed, err.Error()
+			ph.Status, ph.Reason = report.StatusFailed, err.Error()
 			return "", err
 		}
 		r.Log.WithFields(logrus.Fields{"phase": ph.Phase, "status": ph.Status, "objects": ph.Count, "bytes": ph.Bytes}).Info("phase done")
@@ -185,40 +193,40 @@ func (r *Run) pruneInOrder(ctx context.Context, rep *Report, snap Snapshot) (str
 		}
 	}
 	if r.Config.DryRun {
-		return DecisionDryRun, nil
+		return report.DecisionDryRun, nil
 	}
-	return DecisionPruned, nil
+	return report.DecisionPruned, nil
 }
 
 // newPhases is the phases in the order they run, none run yet.
-func newPhases(budget bool, store Store) []PhaseReport {
-	names := []string{PhaseContainers, PhaseImages, PhaseBuildCache}
+func newPhases(budget bool, store engine.Store) []report.PhaseReport {
+	names := []string{report.PhaseContainers, report.PhaseImages, report.PhaseBuildCache}
 	if budget {
-		names = append(names, PhaseBuildCacheBudget)
+		names = append(names, report.PhaseBuildCacheBudget)
 	}
-	var out []PhaseReport
+	var out []report.PhaseReport
 	for _, name := range names {
-		clock := phaseClocks[name]
-		if name == PhaseImages {
+		clock := report.PhaseClocks[name]
+		if name == report.PhaseImages {
 			clock = store.ImageClock()
 		}
-		out = append(out, PhaseReport{Phase: name, Clock: clock})
+		out = append(out, report.PhaseReport{Phase: name, Clock: clock})
 	}
 	return out
 }
 
 // markNotRun gives every phase that has no status yet the status "not run" and the reason.
-func markNotRun(phases []PhaseReport, reason string) {
+func markNotRun(phases []report.PhaseReport, reason string) {
 	for i := range phases {
 		if phases[i].Status == "" {
-			phases[i].Status, phases[i].Reason = StatusNotRun, reason
+			phases[i].Status, phases[i].Reason = report.StatusNotRun, reason
 		}
 	}
 }
 
 // verdicts evaluates the no-run and no-converge gates on one snapshot. A created container counts
 // as a live run until it is as old as the prune's cutoff, on the daemon's clock.
-func (r *Run) verdicts(snap Snapshot, view func(gates.Workload) gates.Workload) (runs, converge gates.Verdict) {
+func (r *Run) verdicts(snap engine.Snapshot, view func(gates.Workload) gates.Workload) (runs, converge gates.Verdict) {
 	policy := r.Config.Runs
 	policy.AbandonedBefore = r.Config.Until.Cutoff(snap.DaemonTime)
 	w := snap.Workload
@@ -231,7 +239,7 @@ func (r *Run) verdicts(snap Snapshot, view func(gates.Workload) gates.Workload) 
 // waitForGates evaluates the no-run and no-converge gates, re-checking closed ones every
 // PollInterval while Config.Wait lasts, on the part of each snapshot that view keeps (nil: all of
 // it). It returns the names of the gates still closed.
-func (r *Run) waitForGates(ctx context.Context, rep *Report, view func(gates.Workload) gates.Workload) (Snapshot, []string, error) {
+func (r *Run) waitForGates(ctx context.Context, rep *report.Report, view func(gates.Workload) gates.Workload) (engine.Snapshot, []string, error) {
 	deadline := time.Now().Add(r.Config.Wait)
 	for {
 		snap, err := r.Engine.Snapshot(ctx)
@@ -261,7 +269,7 @@ func (r *Run) waitForGates(ctx context.Context, rep *Report, view func(gates.Wor
 }
 
 // recheck evaluates both gates again before a phase and records the verdicts when one closed.
-func (r *Run) recheck(ctx context.Context, rep *Report) ([]string, error) {
+func (r *Run) recheck(ctx context.Context, rep *report.Report) ([]string, error) {
 	snap, err := r.Engine.Snapshot(ctx)
 	if err != nil {
 		if ctx.Err() != nil {

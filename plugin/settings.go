@@ -14,6 +14,8 @@ import (
 	"github.com/xrash/smetrics"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // Setting describes one setting: its snake_case key (PLUGIN_<KEY> in the environment,
@@ -180,12 +182,20 @@ func ParseConfig(raw map[string]string, now time.Time) (Config, error) {
 	case c.Wait >= c.Timeout:
 		return Config{}, &SettingError{Key: "wait", Value: c.Wait.String(),
 			Accepted: fmt.Sprintf("a duration shorter than timeout (%s)", c.Timeout)}
-	case (c.FleetImage != "" || raw["fleet_socket"] != "") && !c.Fleet:
-		return Config{}, &SettingError{Key: "fleet_image", Value: c.FleetImage, Accepted: "fleet_image and fleet_socket only with fleet: true"}
+	case c.FleetImage != "" && !c.Fleet:
+		return Config{}, &SettingError{Key: "fleet_image", Value: c.FleetImage, Accepted: "fleet_image only with fleet: true"}
+	case raw["fleet_socket"] != "" && !c.Fleet:
+		return Config{}, &SettingError{Key: "fleet_socket", Value: raw["fleet_socket"], Accepted: "fleet_socket only with fleet: true"}
 	case c.SummaryFile != "" && c.SummaryFile == c.MetricsFile:
 		return Config{}, &SettingError{Key: "metrics_file", Value: c.MetricsFile, Accepted: "a path other than summary_file"}
 	}
 	return c, nil
+}
+
+// Destinations are where the run's summaries go besides stdout: the CI system's card and outputs,
+// and the files the settings name.
+func (c Config) Destinations() report.Destinations {
+	return report.Destinations{Card: c.CI.CardPath, Outputs: c.CI.OutputFile, Summary: c.SummaryFile, Metrics: c.MetricsFile}
 }
 
 // ParseDirectory accepts an absolute path to an existing directory.
@@ -279,7 +289,7 @@ func CheckEnvironment(environ []string) error {
 // the scope, or nil.
 func scopeRequest(what, key string) error {
 	if scope, ok := scopeKeys[strings.ReplaceAll(key, "-", "_")]; ok {
-		return &PolicyError{Reason: fmt.Sprintf("%s asks to prune %s: this plugin never prunes tagged images, volumes or networks, and no setting changes that", what, scope)}
+		return &outcome.PolicyError{Reason: fmt.Sprintf("%s asks to prune %s: this plugin never prunes tagged images, volumes or networks, and no setting changes that", what, scope)}
 	}
 	return nil
 }

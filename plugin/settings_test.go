@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
 )
 
 var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
@@ -76,7 +78,7 @@ func TestInvalidSettings(t *testing.T) {
 		t.Run(key, func(t *testing.T) {
 			_, err := ParseConfig(map[string]string{key: value}, now)
 			var se *SettingError
-			if !errors.As(err, &se) || se.Key != key || se.ExitCode() != ExitInvalid {
+			if !errors.As(err, &se) || se.Key != key || se.ExitCode() != outcome.ExitInvalid {
 				t.Fatalf("got %v, want a SettingError for %s", err, key)
 			}
 			msg := err.Error()
@@ -117,8 +119,8 @@ func TestCheckEnvironment(t *testing.T) {
 		t.Errorf("an unknown key's value may be a secret and must not be printed: %v", err)
 	}
 	for _, kv := range []string{"PLUGIN_ALL=true", "PLUGIN_VOLUMES=true", "PLUGIN_NETWORKS=1", "PLUGIN_FILTERS=dangling=false", "PLUGIN_PRUNE_ALL=yes"} {
-		var pe *PolicyError
-		if err := CheckEnvironment([]string{kv}); !errors.As(err, &pe) || pe.ExitCode() != ExitPolicy {
+		var pe *outcome.PolicyError
+		if err := CheckEnvironment([]string{kv}); !errors.As(err, &pe) || pe.ExitCode() != outcome.ExitPolicy {
 			t.Errorf("%s: got %v, want a policy violation", kv, err)
 		}
 	}
@@ -165,12 +167,12 @@ func TestScanArgsForms(t *testing.T) {
 			t.Errorf("%q: env file %q, want %q", c.args, got, c.envFile)
 		}
 		err := CheckArgs(c.args)
-		var pe *PolicyError
+		var pe *outcome.PolicyError
 		if errors.As(err, &pe) != c.policy {
 			t.Errorf("%q: CheckArgs = %v, want policy violation %v", c.args, err, c.policy)
 		}
 	}
-	if err := CheckArgs([]string{"--threshold", "80", "extra"}); ExitCode(err) != ExitInvalid || !strings.Contains(err.Error(), `"extra"`) {
+	if err := CheckArgs([]string{"--threshold", "80", "extra"}); outcome.ExitCode(err) != outcome.ExitInvalid || !strings.Contains(err.Error(), `"extra"`) {
 		t.Errorf("a stray argument must be a usage error naming it: %v", err)
 	}
 }
@@ -234,6 +236,17 @@ func TestDocsSettingsTable(t *testing.T) {
 			if !strings.Contains(string(data), row) {
 				t.Errorf("%s settings table lacks the row starting %s", doc, row)
 			}
+		}
+	}
+}
+
+// A fleet setting without fleet is refused under its own name.
+func TestFleetSettingsNeedFleet(t *testing.T) {
+	for key, value := range map[string]string{"fleet_image": "x:1", "fleet_socket": "/run/docker.sock"} {
+		_, err := ParseConfig(map[string]string{key: value}, now)
+		var se *SettingError
+		if !errors.As(err, &se) || se.Key != key || se.Value != value {
+			t.Errorf("%s without fleet: %v; want a setting error naming %s=%q", key, err, key, value)
 		}
 	}
 }

@@ -1,4 +1,7 @@
-package plugin
+// Package report is everything one run did and why (Report), and every way it is rendered: the
+// text summary, the Drone card (which a fleet run reads back from each node), $DRONE_OUTPUT, the
+// JSON summary and Prometheus metrics. It holds values only: nothing here asks the engine.
+package report
 
 import (
 	"time"
@@ -38,9 +41,9 @@ const (
 	StatusInterrupted = "interrupted"
 )
 
-// phaseClocks says which time `until` is compared with in each phase (see docs/engine.md); the
-// image phase's depends on the store (Store.ImageClock).
-var phaseClocks = map[string]string{
+// PhaseClocks says which time `until` is compared with in each phase (see docs/engine.md); the
+// image phase's depends on the store (engine.Store.ImageClock).
+var PhaseClocks = map[string]string{
 	PhaseContainers:       "container created time",
 	PhaseBuildCache:       "build-cache record last-used time",
 	PhaseBuildCacheBudget: "none: least recently used first, whatever its age",
@@ -73,8 +76,6 @@ type Report struct {
 	// FreedBytes is how much free space grew on those filesystems between the two readings: what
 	// the run really freed (others writing meanwhile count too), beside the engine's own figures.
 	FreedBytes int64 `json:"freed_bytes"`
-	// measured is what was measured, to measure it again at the end.
-	measured []dataPath
 	// DiskBefore and DiskAfter are the readings, at the start and at the end, of the filesystem
 	// the disk gate decided on.
 	DiskBefore *gates.Filesystem `json:"disk_before,omitempty"`
@@ -116,7 +117,7 @@ type PhaseReport struct {
 
 // SpaceAdvice is what holds the space beyond the conservative tier, as the engine counts it.
 type SpaceAdvice struct {
-	// UnusedTagged are the largest tagged images no container uses (at most adviceImages);
+	// UnusedTagged are the largest tagged images no container uses (at most AdviceImages);
 	// UnusedTaggedBytes adds up all of them (layers shared between images count more than once).
 	UnusedTagged      []Object `json:"unused_tagged_images"`
 	UnusedTaggedBytes int64    `json:"unused_tagged_bytes"`
@@ -154,4 +155,35 @@ func (r *Report) Removed() (count int, bytes uint64) {
 		bytes += p.Bytes
 	}
 	return count, bytes
+}
+
+// AdviceImages is how many of the largest unused tagged images the advice names.
+const AdviceImages = 5
+
+// Object is one thing a phase removes or would remove.
+type Object struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name,omitempty"`
+	Size    int64     `json:"size,omitempty"`
+	Created time.Time `json:"created,omitempty"`
+}
+
+// FleetReport is a fleet run: the job it ran and one row per node.
+type FleetReport struct {
+	Service string    `json:"service"`
+	Image   string    `json:"image"`
+	Nodes   []NodeRow `json:"nodes"`
+}
+
+// NodeRow is one node's part of a fleet run, from the card its task printed.
+type NodeRow struct {
+	Node       string `json:"node"`
+	Decision   string `json:"decision"`
+	DiskBefore string `json:"disk_before,omitempty"`
+	DiskAfter  string `json:"disk_after,omitempty"`
+	Objects    int    `json:"objects"`
+	Bytes      uint64 `json:"bytes"`
+	ExitCode   int    `json:"exit_code"`
+	// Problem says why a node has no result: down, drained, its task never ran or left no report.
+	Problem string `json:"problem,omitempty"`
 }

@@ -1,18 +1,15 @@
-package plugin
+package report
 
 import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	cerrdefs "github.com/containerd/errdefs"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -75,6 +72,7 @@ func TestCardOnStdout(t *testing.T) {
 	if err := json.Unmarshal(raw, &card); err != nil {
 		t.Fatal(err)
 	}
+	// The keys docs/card.json binds, as plain JSON.
 	if card.Schema != CardSchema || card.Data["decision"] != "pruned" || card.Data["objects"] != float64(3) || card.Data["disk_after"] != "70.0%" {
 		t.Errorf("card %+v", card)
 	}
@@ -186,17 +184,21 @@ func TestMetricsAnyPath(t *testing.T) {
 	}
 }
 
-// A 409 from the daemon (the client maps it to an errdefs conflict) skips the phase; any other
-// API error fails the run.
-func TestPruneConflictIsSkip(t *testing.T) {
-	e := &Engine{}
-	conflict := fmt.Errorf("Error response from daemon: a prune operation is already running: %w", cerrdefs.ErrConflict)
-	if err := e.pruneErr("pruning", conflict); !errors.Is(err, ErrPruneRunning) {
-		t.Fatalf("conflict not classified as a running prune: %v", err)
+// A node's card, written by WriteCard into a log among other lines, reads back whole.
+func TestReadCard(t *testing.T) {
+	var log bytes.Buffer
+	log.WriteString("drone-gated-prune 1.0.0\ndecision: pruned\n")
+	rep := sampleReport()
+	if err := WriteCard(&log, "/dev/stdout", rep); err != nil {
+		t.Fatal(err)
 	}
-	other := fmt.Errorf("Error response from daemon: boom: %w", cerrdefs.ErrInternal)
-	var re *RuntimeError
-	if err := e.pruneErr("pruning", other); errors.Is(err, ErrPruneRunning) || !errors.As(err, &re) {
-		t.Fatalf("internal error misclassified: %v", err)
+	log.WriteString("trailing line\n")
+	card, err := ReadCard(log.Bytes())
+	count, bytes := rep.Removed()
+	if err != nil || card.Decision != rep.Decision || card.Objects != count || card.ReclaimedBytes != bytes || card.DiskBefore != "85.0%" {
+		t.Fatalf("card %+v, %v; want the report's decision, %d objects, %d bytes", card, err, count, bytes)
+	}
+	if _, err := ReadCard([]byte("no card here\n")); err == nil {
+		t.Fatal("a log without a card must be an error")
 	}
 }

@@ -1,4 +1,4 @@
-package plugin
+package engine
 
 import (
 	"bytes"
@@ -58,11 +58,13 @@ func (s Store) ImageClock() string {
 	return "image config created time (build time)"
 }
 
-// containerdRoots asks containerd (its introspection service, over its socket) for the roots of
-// its content store and of the snapshotter the daemon uses: on the containerd image store the image
-// bytes live there, which the data root may not hold (a system containerd keeps them under its own
-// root, /var/lib/containerd by default).
-func containerdRoots(ctx context.Context, s Store) ([]string, error) {
+// ContainerdRoots asks containerd (its introspection service, over its socket, with the deadline
+// of one query) for the roots of its content store and of the snapshotter the daemon uses: on the
+// containerd image store the image bytes live there, which the data root may not hold (a system
+// containerd keeps them under its own root, /var/lib/containerd by default).
+func (e *Client) ContainerdRoots(ctx context.Context, s Store) ([]string, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
 	if s.ContainerdAddress == "" {
 		return nil, fmt.Errorf("the daemon does not report containerd's address (API below 1.46)")
 	}
@@ -185,4 +187,15 @@ func eachField(msg []byte, f func(protowire.Number, []byte) error) error {
 		msg = msg[n:]
 	}
 	return nil
+}
+
+// Store asks the daemon where and how it keeps its data (GET /info).
+func (e *Client) Store(ctx context.Context) (Store, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	info, err := e.api.Info(ctx)
+	if err != nil {
+		return Store{}, e.failed("asking the daemon for its data root (GET /info)", err)
+	}
+	return readStore(info), nil
 }

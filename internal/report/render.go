@@ -1,7 +1,6 @@
-package plugin
+package report
 
 import (
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,17 +15,15 @@ import (
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
 )
 
-// CardSchema is the Adaptive Card template Drone's UI renders the card data with (docs/card.json).
-const CardSchema = "https://raw.githubusercontent.com/drone-gated-prune/drone-gated-prune/main/docs/card.json"
-
-func human(b uint64) string { return units.BytesSize(float64(b)) }
+// Human renders a byte count as the summary does (go-units: 1.5GiB).
+func Human(b uint64) string { return units.BytesSize(float64(b)) }
 
 // signedHuman renders a change in bytes, which may be negative (others wrote meanwhile).
 func signedHuman(b int64) string {
 	if b < 0 {
-		return "-" + human(uint64(-b))
+		return "-" + Human(uint64(-b))
 	}
-	return human(uint64(b))
+	return Human(uint64(b))
 }
 
 // WriteText writes the human summary block.
@@ -88,7 +85,7 @@ func WriteText(w io.Writer, r *Report) error {
 		line := fmt.Sprintf("  %-11s  %s", p.Phase, p.Status)
 		switch p.Status {
 		case StatusRemoved, StatusWouldRemove:
-			line += fmt.Sprintf(" %d, %s", p.Count, human(p.Bytes))
+			line += fmt.Sprintf(" %d, %s", p.Count, Human(p.Bytes))
 			if p.Layers > 0 {
 				line += fmt.Sprintf(" (%d layer(s) freed)", p.Layers)
 			}
@@ -106,13 +103,13 @@ func WriteText(w io.Writer, r *Report) error {
 		}
 		if p.Status == StatusWouldRemove {
 			for _, o := range p.Objects {
-				fmt.Fprintf(&b, "               %s %s %s\n", shortID(o.ID), o.Name, human(uint64(max(o.Size, 0))))
+				fmt.Fprintf(&b, "               %s %s %s\n", shortID(o.ID), o.Name, Human(uint64(max(o.Size, 0))))
 			}
 		}
 	}
 	if _, reported := r.Removed(); len(r.Phases) > 0 && !r.DryRun && r.DiskAfter != nil {
 		fmt.Fprintf(&b, "freed: free space grew by %s on the measured filesystems (the engine reported %s)\n",
-			signedHuman(r.FreedBytes), human(reported))
+			signedHuman(r.FreedBytes), Human(reported))
 	}
 	if r.Advice != nil {
 		writeAdvice(&b, r)
@@ -142,28 +139,28 @@ func writeFleet(b *strings.Builder, f *FleetReport) {
 		if n.Problem != "" {
 			decision = "- " + n.Problem
 		}
-		fmt.Fprintf(b, "  %-16s %-34s %7s %7s %8d %10s %4d\n", n.Node, decision, n.DiskBefore, n.DiskAfter, n.Objects, human(n.Bytes), n.ExitCode)
+		fmt.Fprintf(b, "  %-16s %-34s %7s %7s %8d %10s %4d\n", n.Node, decision, n.DiskBefore, n.DiskAfter, n.Objects, Human(n.Bytes), n.ExitCode)
 		objects += n.Objects
 		bytes += n.Bytes
 	}
-	fmt.Fprintf(b, "  total: %d object(s), %s\n", objects, human(bytes))
+	fmt.Fprintf(b, "  total: %d object(s), %s\n", objects, Human(bytes))
 }
 
 // writeAdvice says what holds the space beyond the conservative tier. Nothing it names is removed.
 func writeAdvice(b *strings.Builder, r *Report) {
 	a := r.Advice
 	b.WriteString("still under disk pressure; beyond what this plugin prunes, the space is held by (advice only, nothing here is removed):\n")
-	fmt.Fprintf(b, "  tagged images no container uses: %s in all", human(uint64(a.UnusedTaggedBytes)))
+	fmt.Fprintf(b, "  tagged images no container uses: %s in all", Human(uint64(a.UnusedTaggedBytes)))
 	if len(a.UnusedTagged) > 0 {
 		b.WriteString("; the largest:")
 	}
 	b.WriteString("\n")
 	for _, im := range a.UnusedTagged {
-		fmt.Fprintf(b, "    %s %s %s, created %s ago\n", shortID(im.ID), im.Name, human(uint64(max(im.Size, 0))),
+		fmt.Fprintf(b, "    %s %s %s, created %s ago\n", shortID(im.ID), im.Name, Human(uint64(max(im.Size, 0))),
 			units.HumanDuration(r.StartedAt.Sub(im.Created)))
 	}
-	fmt.Fprintf(b, "  volumes: %d, %s\n", a.Volumes, human(uint64(a.VolumesBytes)))
-	fmt.Fprintf(b, "  build cache in use or shared with images: %s\n", human(uint64(a.BuildCacheInUseBytes)))
+	fmt.Fprintf(b, "  volumes: %d, %s\n", a.Volumes, Human(uint64(a.VolumesBytes)))
+	fmt.Fprintf(b, "  build cache in use or shared with images: %s\n", Human(uint64(a.BuildCacheInUseBytes)))
 }
 
 func shortID(id string) string {
@@ -181,87 +178,6 @@ func WriteJSONFile(path string, v any) error {
 		return err
 	}
 	return atomicwriter.WriteFile(path, append(data, '\n'), 0o644)
-}
-
-// The card's frame on stdout: the runner captures what lies between them.
-const (
-	cardPrefix = "\x1b]1338;"
-	cardSuffix = "\x1b]0m"
-)
-
-// Card is what Drone's UI binds into the template named by Schema.
-type Card struct {
-	Schema string `json:"schema"`
-	Data   any    `json:"data"`
-}
-
-// WriteCard writes the Drone card: to /dev/stdout (or /dev/stderr) as one write of
-// ESC]1338; + base64(JSON) + ESC]0m on its own line, which the runner lifts out of the log;
-// to any other path as plain JSON.
-func WriteCard(stdout io.Writer, path string, r *Report) error {
-	card := Card{Schema: CardSchema, Data: cardData(r)}
-	if path != "/dev/stdout" && path != "/dev/stderr" {
-		return WriteJSONFile(path, card)
-	}
-	data, err := json.Marshal(card)
-	if err != nil {
-		return err
-	}
-	w := stdout
-	if path == "/dev/stderr" {
-		w = os.Stderr
-	}
-	// The runner captures a write that starts with the prefix; the text summary before it ends
-	// with a newline, so the card also starts its own line.
-	_, err = io.WriteString(w, cardPrefix+base64.StdEncoding.EncodeToString(data)+cardSuffix+"\n")
-	return err
-}
-
-// cardData flattens the report into the fields the card template shows.
-func cardData(r *Report) map[string]any {
-	gatesData := []map[string]any{}
-	for _, v := range r.Gates {
-		gatesData = append(gatesData, map[string]any{"gate": v.Gate, "open": v.Open, "reason": v.Reason,
-			"evidence": strings.Join(v.Evidence, "; "), "warnings": strings.Join(v.Warnings, "; ")})
-	}
-	phases := []map[string]any{}
-	for _, p := range r.Phases {
-		phases = append(phases, map[string]any{"phase": p.Phase, "status": p.Status, "count": p.Count, "reclaimed": human(p.Bytes), "reason": p.Reason})
-	}
-	count, bytes := r.Removed()
-	d := map[string]any{
-		"version": r.Version, "decision": r.Decision, "dry_run": r.DryRun, "gates": gatesData, "phases": phases,
-		"objects": count, "reclaimed": human(bytes), "reclaimed_bytes": bytes, "freed": signedHuman(r.FreedBytes),
-		"store": r.Store, "exit_code": r.ExitCode,
-		"duration": fmt.Sprintf("%.2fs", r.DurationSeconds), "error": r.Error,
-	}
-	d["advice"] = ""
-	if a := r.Advice; a != nil {
-		var names []string
-		for _, im := range a.UnusedTagged {
-			names = append(names, im.Name+" "+human(uint64(max(im.Size, 0))))
-		}
-		d["advice"] = fmt.Sprintf("still under pressure; held beyond the tier (not removed): tagged images no container uses %s (largest: %s); volumes %s; build cache in use %s",
-			human(uint64(a.UnusedTaggedBytes)), strings.Join(names, ", "), human(uint64(a.VolumesBytes)), human(uint64(a.BuildCacheInUseBytes)))
-	}
-	if r.Fleet != nil {
-		d["nodes"] = r.Fleet.Nodes
-		var objects int
-		var bytes uint64
-		for _, n := range r.Fleet.Nodes {
-			objects += n.Objects
-			bytes += n.Bytes
-		}
-		d["objects"], d["reclaimed"], d["reclaimed_bytes"] = objects, human(bytes), bytes
-	}
-	if r.DiskBefore != nil {
-		d["disk_path"] = r.DiskBefore.Path
-		d["disk_before"] = fmt.Sprintf("%.1f%%", r.DiskBefore.UsedPercent())
-	}
-	if r.DiskAfter != nil {
-		d["disk_after"] = fmt.Sprintf("%.1f%%", r.DiskAfter.UsedPercent())
-	}
-	return d
 }
 
 // Outputs are the KEY=value pairs written to $DRONE_OUTPUT (Harness CI output variables).
@@ -313,22 +229,34 @@ func WriteOutputs(path string, r *Report) error {
 	return f.Close()
 }
 
-// Emit writes every summary the configuration asks for: text on stdout always, then the card,
-// the outputs, the JSON summary and the metrics. It returns every write error, joined.
-func Emit(stdout io.Writer, cfg Config, r *Report) error {
+// Destinations are where a run's summaries go besides the text on stdout; an empty path is not
+// written.
+type Destinations struct {
+	// Card is the Drone card's path (DRONE_CARD_PATH): /dev/stdout or /dev/stderr frame it for
+	// the runner, any other path gets plain JSON.
+	Card string
+	// Outputs is $DRONE_OUTPUT, appended to.
+	Outputs string
+	// Summary is the JSON report (summary_file); Metrics the Prometheus text file (metrics_file).
+	Summary, Metrics string
+}
+
+// Emit writes every summary: text on stdout always, then the card, the outputs, the JSON summary
+// and the metrics. It returns every write error, joined.
+func Emit(stdout io.Writer, to Destinations, r *Report) error {
 	var errs []error
 	errs = append(errs, WriteText(stdout, r))
-	if cfg.CI.CardPath != "" {
-		errs = append(errs, WriteCard(stdout, cfg.CI.CardPath, r))
+	if to.Card != "" {
+		errs = append(errs, WriteCard(stdout, to.Card, r))
 	}
-	if cfg.CI.OutputFile != "" {
-		errs = append(errs, WriteOutputs(cfg.CI.OutputFile, r))
+	if to.Outputs != "" {
+		errs = append(errs, WriteOutputs(to.Outputs, r))
 	}
-	if cfg.SummaryFile != "" {
-		errs = append(errs, WriteJSONFile(cfg.SummaryFile, r))
+	if to.Summary != "" {
+		errs = append(errs, WriteJSONFile(to.Summary, r))
 	}
-	if cfg.MetricsFile != "" {
-		errs = append(errs, writeMetrics(cfg.MetricsFile, r))
+	if to.Metrics != "" {
+		errs = append(errs, writeMetrics(to.Metrics, r))
 	}
 	return errors.Join(errs...)
 }

@@ -1,0 +1,175 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/swarm"
+
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+)
+
+// Snapshot is one look at what runs on the engine, with the daemon's clock at that moment.
+type Snapshot struct {
+	Workload   gates.Workload
+	DaemonTime time.Time
+	// LocalTime is this host's clock when the daemon's was read.
+	LocalTime time.Time
+	// APIVersion is the negotiated Engine API version.
+	APIVersion string
+	// Store is the engine's image store.
+	Store Store
+}
+
+// Snapshot asks the daemon for its clock and swarm role (GET /info), the swarm services with
+// their task counts (GET /services?status=true, managers only) and the containers that can be live
+// (GET /containers/json: created, running, paused, restarting; on a worker this includes the
+// node's own task containers not yet started), each request with its own deadline. The number of
+// calls does not grow with the number of objects.
+func (e *Client) Snapshot(ctx context.Context) (Snapshot, error) {
+	var s Snapshot
+	qctx, cancel := e.query(ctx)
+	defer cancel()
+	info, err := e.api.Info(qctx)
+	if err != nil {
+		return s, e.failed("asking the daemon for its swarm state (GET /info)", err)
+	}
+	s.APIVersion = e.api.ClientVersion()
+	s.LocalTime = time.Now()
+	s.DaemonTime, err = time.Parse(time.RFC3339Nano, info.SystemTime)
+	if err != nil {
+		return s, &outcome.RuntimeError{What: "reading the daemon's clock from GET /info", Err: err}
+	}
+	self, _ := os.Hostname()
+	s.Workload.Self = self
+	role, ok := swarmRole(info.Swarm)
+	if !ok {
+		// A swarm that cannot report on itself: the gates cannot be evaluated, so fail closed.
+		return s, &outcome.RuntimeError{What: "reading the swarm state for the no-run and no-converge gates",
+			Err: fmt.Errorf("this node's swarm state is %q %s", info.Swarm.LocalNodeState, info.Swarm.Error)}
+	}
+	s.Workload.Swarm = role
+	s.Store = readStore(info)
+	if s.Workload.Swarm == gates.SwarmManager {
+		services, err := e.services(ctx)
+		switch {
+		case cerrdefs.IsUnavailable(err):
+			// Demoted between the two calls: judge it as a worker.
+			s.Workload.Swarm = gates.SwarmWorker
+		case err != nil:
+			return s, err
+		default:
+			s.Workload.Services = services
+		}
+	}
+	s.Workload.Containers, err = e.liveContainers(ctx)
+	return s, err
+}
+
+// swarmRole reads the node's role; false for a swarm it cannot report on (pending, locked, error).
+func swarmRole(info swarm.Info) (gates.SwarmRole, bool) {
+	switch info.LocalNodeState {
+	case swarm.LocalNodeStateInactive, "":
+		return gates.SwarmNone, true
+	case swarm.LocalNodeStateActive:
+		if info.ControlAvailable {
+			return gates.SwarmManager, true
+		}
+		return gates.SwarmWorker, true
+	}
+	return "", false
+}
+
+// services lists swarm services with their running and desired task counts.
+func (e *Client) services(ctx context.Context) ([]gates.Service, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	list, err := e.api.ServiceList(ctx, swarm.ServiceListOptions{Status: true})
+	if cerrdefs.IsUnavailable(err) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, e.failed("listing swarm services for the no-run and no-converge gates (GET /services)", err)
+	}
+	out := make([]gates.Service, 0, len(list))
+	for _, sv := range list {
+		if sv.ServiceStatus == nil {
+			// Engines below API 1.41 send no task counts: convergence cannot be judged.
+			return nil, &outcome.RuntimeError{What: "listing swarm services for the no-converge gate (GET /services?status=true)",
+				Err: fmt.Errorf("the daemon reported no task counts for service %s (API %s)", sv.Spec.Name, e.api.ClientVersion())}
+		}
+		g := gates.Service{ID: sv.ID, Name: sv.Spec.Name, Stack: sv.Spec.Labels[gates.StackNamespaceLabel], Mode: serviceMode(sv.Spec.Mode),
+			Running: sv.ServiceStatus.RunningTasks, Desired: sv.ServiceStatus.DesiredTasks}
+		if sv.UpdateStatus != nil {
+			g.UpdateState = string(sv.UpdateStatus.State)
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
+func serviceMode(m swarm.ServiceMode) string {
+	switch {
+	case m.Global != nil:
+		return "global"
+	case m.ReplicatedJob != nil:
+		return "replicated-job"
+	case m.GlobalJob != nil:
+		return "global-job"
+	}
+	return "replicated"
+}
+
+// liveContainers lists the containers in a state that can be live: created, running, paused or
+// restarting (exited and dead ones cannot hold a run).
+func (e *Client) liveContainers(ctx context.Context) ([]gates.Container, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	f := filters.NewArgs()
+	for _, state := range []string{"created", "running", "paused", "restarting"} {
+		f.Add("status", state)
+	}
+	list, err := e.api.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
+	if err != nil {
+		return nil, e.failed("listing containers for the no-run and no-converge gates (GET /containers/json)", err)
+	}
+	out := make([]gates.Container, 0, len(list))
+	for _, c := range list {
+		gc := gates.Container{ID: c.ID, Name: containerName(c.Names), Labels: c.Labels, State: c.State,
+			Health: health(c.Status), Created: time.Unix(c.Created, 0)}
+		if c.NetworkSettings != nil {
+			gc.Networks = slices.Sorted(maps.Keys(c.NetworkSettings.Networks))
+		}
+		out = append(out, gc)
+	}
+	return out, nil
+}
+
+func containerName(names []string) string {
+	if len(names) == 0 {
+		return ""
+	}
+	return strings.TrimPrefix(names[0], "/")
+}
+
+// health reads the health word from the list's Status text ("Up 3 seconds (health: starting)").
+func health(status string) string {
+	switch {
+	case strings.Contains(status, "(health: starting)"):
+		return "starting"
+	case strings.Contains(status, "(unhealthy)"):
+		return "unhealthy"
+	case strings.Contains(status, "(healthy)"):
+		return "healthy"
+	}
+	return ""
+}

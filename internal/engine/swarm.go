@@ -1,0 +1,99 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"strings"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/swarm"
+	"github.com/docker/docker/pkg/stdcopy"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+)
+
+// CreateService creates a swarm service (POST /services/create). A service of that name already
+// there is refused with an error that says so: one name per swarm is what keeps two fleet runs
+// from overlapping.
+func (e *Client) CreateService(ctx context.Context, spec swarm.ServiceSpec) (string, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	resp, err := e.api.ServiceCreate(ctx, spec, swarm.ServiceCreateOptions{})
+	if cerrdefs.IsConflict(err) || (err != nil && strings.Contains(err.Error(), "already exists")) {
+		return "", &outcome.RuntimeError{What: "starting the fleet run", Err: fmt.Errorf("service %s exists: another fleet run is in flight on this swarm (remove the service if it is left over)", spec.Name)}
+	}
+	if err != nil {
+		return "", e.failed("creating the fleet job (POST /services/create)", err)
+	}
+	return resp.ID, nil
+}
+
+// RemoveService removes a service (DELETE /services/{id}).
+func (e *Client) RemoveService(ctx context.Context, id string) error {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	if err := e.api.ServiceRemove(ctx, id); err != nil {
+		return e.failed("removing service "+id+" (DELETE /services/{id})", err)
+	}
+	return nil
+}
+
+// ContainerImage is the image reference a container was created from, or "" when there is no such
+// container on this engine (GET /containers/{id}/json).
+func (e *Client) ContainerImage(ctx context.Context, id string) (string, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	c, err := e.api.ContainerInspect(ctx, id)
+	if cerrdefs.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", e.failed("finding this plugin's own image (GET /containers/{id}/json)", err)
+	}
+	if c.Config == nil {
+		return "", nil
+	}
+	return c.Config.Image, nil
+}
+
+// Nodes lists the swarm's nodes (GET /nodes).
+func (e *Client) Nodes(ctx context.Context) ([]swarm.Node, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	nodes, err := e.api.NodeList(ctx, swarm.NodeListOptions{})
+	if err != nil {
+		return nil, e.failed("listing swarm nodes (GET /nodes)", err)
+	}
+	return nodes, nil
+}
+
+// Tasks lists a service's tasks (GET /tasks?filters=service).
+func (e *Client) Tasks(ctx context.Context, serviceID string) ([]swarm.Task, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	tasks, err := e.api.TaskList(ctx, swarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", serviceID))})
+	if err != nil {
+		return nil, e.failed("listing the fleet job's tasks (GET /tasks)", err)
+	}
+	return tasks, nil
+}
+
+// TaskStdout is what a finished task wrote on its standard output (GET /tasks/{id}/logs).
+func (e *Client) TaskStdout(ctx context.Context, taskID string) ([]byte, error) {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	rc, err := e.api.TaskLogs(ctx, taskID, container.LogsOptions{ShowStdout: true})
+	if err != nil {
+		return nil, fmt.Errorf("reading its task's log: %w", err)
+	}
+	defer rc.Close()
+	var stdout bytes.Buffer
+	if _, err := stdcopy.StdCopy(&stdout, io.Discard, rc); err != nil {
+		return nil, fmt.Errorf("reading its task's log: %w", err)
+	}
+	return stdout.Bytes(), nil
+}

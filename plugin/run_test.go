@@ -1,0 +1,310 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/swarm"
+	"github.com/sirupsen/logrus"
+
+	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/engine"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
+)
+
+// The run's own paths, proven on values: a fakeEngine answers, the disk gate is forced open on a
+// temporary directory. The engine tests (e2e) prove the same paths on real engines.
+
+// testRun is a run of settings (on top of a forced disk gate on a temporary directory and a
+// stack_pattern) against e.
+func testRun(t *testing.T, e Engine, settings map[string]string) *Run {
+	t.Helper()
+	raw := map[string]string{"disk_path": t.TempDir(), "force": "true", "stack_pattern": "^ci-", "until": "1h"}
+	for k, v := range settings {
+		raw[k] = v
+	}
+	cfg, err := ParseConfig(raw, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	return &Run{Config: cfg, Engine: e, Log: log, Version: "test", PollInterval: 10 * time.Millisecond, FleetPoll: 10 * time.Millisecond}
+}
+
+// liveRun is a snapshot in which a container of a CI run (stack_pattern ^ci-) is running.
+func liveRun() engine.Snapshot {
+	s := idle()
+	s.Workload.Containers = []gates.Container{{ID: "c-live", Name: "ci-build-7", State: "running", Created: s.DaemonTime}}
+	return s
+}
+
+// oldStopped is one stopped container and one dangling image, both two hours old.
+func withOldObjects(e *fakeEngine) *fakeEngine {
+	old := time.Now().Add(-2 * time.Hour).Unix()
+	e.stopped = []engine.Listed{{Object: report.Object{ID: "c-old"}, Unix: old}}
+	e.dangling = []engine.Listed{{Object: report.Object{ID: "i-old"}, Unix: old}}
+	e.pruneContainers = func(context.Context, filters.Args) ([]string, uint64, error) { return []string{"c-old"}, 10, nil }
+	e.pruneImages = func(context.Context, filters.Args) ([]string, []string, uint64, error) {
+		return []string{"i-old"}, nil, 20, nil
+	}
+	return e
+}
+
+func phaseStatuses(rep *report.Report) []string {
+	var out []string
+	for _, p := range rep.Phases {
+		out = append(out, p.Phase+"="+p.Status)
+	}
+	return out
+}
+
+func count(calls []string, name string) int {
+	n := 0
+	for _, c := range calls {
+		if c == name || strings.HasPrefix(c, name+" ") {
+			n++
+		}
+	}
+	return n
+}
+
+// Before each phase after the first the no-run and no-converge gates are judged again on a new
+// snapshot; a live run that appeared since stops the run there: the phases before it stand, the
+// rest are not run, and the run ends with exit 0 and a decision that says which gate closed.
+func TestRunRechecksGatesBeforeEachPhase(t *testing.T) {
+	for _, c := range []struct {
+		liveFrom int // the first snapshot that shows the live run
+		before   string
+		want     []string
+	}{
+		{2, report.PhaseImages, []string{"containers=removed", "images=not run", "build_cache=not run"}},
+		{3, report.PhaseBuildCache, []string{"containers=removed", "images=removed", "build_cache=not run"}},
+	} {
+		t.Run("before "+c.before, func(t *testing.T) {
+			e := withOldObjects(&fakeEngine{})
+			e.snapshot = func(_ context.Context, n int) (engine.Snapshot, error) {
+				if n >= c.liveFrom {
+					return liveRun(), nil
+				}
+				return idle(), nil
+			}
+			rep, err := testRun(t, e, nil).Execute(context.Background())
+			if err != nil || rep.ExitCode != outcome.ExitOK {
+				t.Fatalf("exit %d, %v; want 0", rep.ExitCode, err)
+			}
+			if want := "stopped: no_run closed before " + c.before; rep.Decision != want {
+				t.Errorf("decision %q, want %q", rep.Decision, want)
+			}
+			if got := phaseStatuses(rep); !slices.Equal(got, c.want) {
+				t.Errorf("phases %q, want %q", got, c.want)
+			}
+			calls := e.Calls()
+			if n := count(calls, "Snapshot"); n != c.liveFrom {
+				t.Errorf("%d snapshots, want %d (one per phase reached): %q", n, c.liveFrom, calls)
+			}
+			if c.before == report.PhaseImages && (count(calls, "PruneImages") > 0 || count(calls, "DanglingImages") > 0) {
+				t.Errorf("the image phase ran after the gate closed: %q", calls)
+			}
+			if v, _ := rep.Gate(gates.NoRunGate); v.Open || !strings.Contains(strings.Join(v.Evidence, " "), "ci-build-7") {
+				t.Errorf("the report's no-run verdict is not the one that closed: %+v", v)
+			}
+		})
+	}
+}
+
+// A phase another pruner holds (the engine's 409, or another client's disk-usage listing) is
+// skipped with the reason; the next phases still run and the run ends pruned, exit 0.
+func TestRunConflictSkipsPhase(t *testing.T) {
+	e := withOldObjects(&fakeEngine{})
+	e.pruneContainers = func(context.Context, filters.Args) ([]string, uint64, error) {
+		return nil, 0, fmt.Errorf("%w (Error response from daemon: a prune operation is already running)", engine.ErrPruneRunning)
+	}
+	rep, err := testRun(t, e, nil).Execute(context.Background())
+	if err != nil || rep.ExitCode != outcome.ExitOK || rep.Decision != report.DecisionPruned {
+		t.Fatalf("exit %d, %v, decision %q; want 0, %q", rep.ExitCode, err, rep.Decision, report.DecisionPruned)
+	}
+	if got, want := phaseStatuses(rep), []string{"containers=skipped", "images=removed", "build_cache=removed"}; !slices.Equal(got, want) {
+		t.Errorf("phases %q, want %q", got, want)
+	}
+	if ph, _ := rep.Phase(report.PhaseContainers); !strings.Contains(ph.Reason, "a prune operation is already running") {
+		t.Errorf("the skipped phase does not say why: %q", ph.Reason)
+	}
+}
+
+// A stop (signal or timeout) while a prune is answering: the phase is reported with what the
+// engine said it removed, the later phases are not run, and the run exits 1 saying where it
+// stopped. A prune whose answer never comes is reported interrupted.
+func TestRunStopMidPhase(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		answers  bool
+		status   string
+		stopWord string
+	}{
+		{"the prune answers", true, report.StatusRemoved, "stopped after the containers phase: received terminated"},
+		{"the prune does not answer", false, report.StatusInterrupted, "stopped during the containers phase: received terminated"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancelCause(context.Background())
+			defer cancel(nil)
+			e := withOldObjects(&fakeEngine{})
+			e.pruneContainers = func(pctx context.Context, _ filters.Args) ([]string, uint64, error) {
+				cancel(&outcome.StopCause{Reason: "received terminated"})
+				if !c.answers {
+					return nil, 0, &outcome.RuntimeError{What: "pruning stopped containers", Err: context.Cause(ctx)}
+				}
+				return []string{"c-old"}, 10, nil
+			}
+			rep, err := testRun(t, e, nil).Execute(ctx)
+			if rep.ExitCode != outcome.ExitRuntime || err == nil || err.Error() != c.stopWord || rep.Decision != report.DecisionError {
+				t.Fatalf("exit %d, %v, decision %q; want 1, %q, %q", rep.ExitCode, err, rep.Decision, c.stopWord, report.DecisionError)
+			}
+			if got, want := phaseStatuses(rep), []string{"containers=" + c.status, "images=not run", "build_cache=not run"}; !slices.Equal(got, want) {
+				t.Errorf("phases %q, want %q", got, want)
+			}
+			if ph, _ := rep.Phase(report.PhaseContainers); c.answers && (ph.Count != 1 || ph.Bytes != 10) {
+				t.Errorf("the stopped phase does not report what the engine removed: %+v", ph)
+			}
+			if n := count(e.Calls(), "Snapshot"); n != 1 {
+				t.Errorf("%d snapshots after the stop; want only the first", n)
+			}
+		})
+	}
+}
+
+// The run's timeout cuts a call short: the error names the call and the timeout, exit 1, and no
+// phase runs.
+func TestRunTimeout(t *testing.T) {
+	e := &fakeEngine{snapshot: func(ctx context.Context, _ int) (engine.Snapshot, error) {
+		<-ctx.Done()
+		return engine.Snapshot{}, &outcome.RuntimeError{What: "stopped while asking the daemon for its swarm state (GET /info)", Err: context.Cause(ctx)}
+	}}
+	start := time.Now()
+	rep, err := testRun(t, e, map[string]string{"timeout": "200ms"}).Execute(context.Background())
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("the run took %s with a 200ms timeout", took)
+	}
+	want := "stopped while evaluating the gates: timeout 200ms reached"
+	if rep.ExitCode != outcome.ExitRuntime || err == nil || err.Error() != want || rep.Error != want {
+		t.Fatalf("exit %d, %v (report: %q); want 1, %q", rep.ExitCode, err, rep.Error, want)
+	}
+	if len(rep.Phases) != 0 || count(e.Calls(), "PruneContainers") != 0 {
+		t.Errorf("phases %q ran after the timeout", phaseStatuses(rep))
+	}
+}
+
+// A gate closed at the first look is re-checked while wait lasts and the run goes on once it
+// opens.
+func TestRunWaitsForGate(t *testing.T) {
+	e := withOldObjects(&fakeEngine{})
+	e.snapshot = func(_ context.Context, n int) (engine.Snapshot, error) {
+		if n <= 2 {
+			return liveRun(), nil
+		}
+		return idle(), nil
+	}
+	rep, err := testRun(t, e, map[string]string{"wait": "5s"}).Execute(context.Background())
+	if err != nil || rep.Decision != report.DecisionPruned {
+		t.Fatalf("%v, decision %q; want %q after the gate opened", err, rep.Decision, report.DecisionPruned)
+	}
+	if n := count(e.Calls(), "Snapshot"); n != 5 {
+		t.Errorf("%d snapshots, want 5: two closed, the open one, and one before each later phase", n)
+	}
+}
+
+// cardLog is a node's task log: its text summary and its card, as the plugin prints them.
+func cardLog(t *testing.T, decision string, code, objects int) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	rep := &report.Report{Version: "test", Decision: decision, ExitCode: code,
+		Phases: []report.PhaseReport{{Phase: report.PhaseImages, Status: report.StatusRemoved, Count: objects, Bytes: 1000}}}
+	if err := report.WriteText(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	if err := report.WriteCard(&b, "/dev/stdout", rep); err != nil {
+		t.Fatal(err)
+	}
+	return b.Bytes()
+}
+
+func node(id, host string, state swarm.NodeState, availability swarm.NodeAvailability) swarm.Node {
+	return swarm.Node{ID: id, Description: swarm.NodeDescription{Hostname: host},
+		Status: swarm.NodeStatus{State: state}, Spec: swarm.NodeSpec{Availability: availability}}
+}
+
+func task(id, nodeID string, state swarm.TaskState, exit int) swarm.Task {
+	return swarm.Task{ID: id, NodeID: nodeID, Status: swarm.TaskStatus{State: state, ContainerStatus: &swarm.ContainerStatus{ExitCode: exit}}}
+}
+
+// A fleet run gives every node a row: the card of a node whose task ended, the problem of a node
+// that is down or drained, whose task left no card, or whose task did not end in time. The run's
+// exit code is the worst node's, and the job is removed at the end.
+func TestFleetPerNodeOutcomes(t *testing.T) {
+	manager := func(context.Context, int) (engine.Snapshot, error) {
+		s := idle()
+		s.Workload.Swarm = gates.SwarmManager
+		return s, nil
+	}
+	nodes := []swarm.Node{
+		node("n1", "a-ok", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n2", "b-full", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n3", "c-down", swarm.NodeStateDown, swarm.NodeAvailabilityActive),
+		node("n4", "d-drained", swarm.NodeStateReady, swarm.NodeAvailabilityDrain),
+		node("n5", "e-nocard", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+	}
+	logs := map[string][]byte{"t1": cardLog(t, "pruned", 0, 2), "t2": cardLog(t, "pruned", 3, 1), "t5": []byte("panic: boom\n")}
+
+	t.Run("every task ends", func(t *testing.T) {
+		e := &fakeEngine{snapshot: manager, nodes: nodes, logs: logs}
+		e.tasks = func(n int) []swarm.Task {
+			if n == 1 { // the first look: still running
+				return []swarm.Task{task("t1", "n1", swarm.TaskStateRunning, 0)}
+			}
+			return []swarm.Task{task("t1", "n1", swarm.TaskStateComplete, 0), task("t2", "n2", swarm.TaskStateFailed, 3), task("t5", "n5", swarm.TaskStateFailed, 2)}
+		}
+		rep, err := testRun(t, e, map[string]string{"fleet": "true", "fleet_image": "plugin:test"}).Execute(context.Background())
+		if rep.ExitCode != outcome.ExitPolicy || err == nil || !strings.Contains(err.Error(), "b-full") {
+			t.Fatalf("exit %d, %v; want 3 naming b-full", rep.ExitCode, err)
+		}
+		want := []report.NodeRow{
+			{Node: "a-ok", Decision: "pruned", Objects: 2, Bytes: 1000, ExitCode: 0},
+			{Node: "b-full", Decision: "pruned", Objects: 1, Bytes: 1000, ExitCode: 3},
+			{Node: "c-down", ExitCode: 1, Problem: "node is down"},
+			{Node: "d-drained", ExitCode: 1, Problem: "node is drain"},
+			{Node: "e-nocard", ExitCode: 1, Problem: "its task (failed, exit 2) left no report: no card in its log"},
+		}
+		if !slices.Equal(rep.Fleet.Nodes, want) {
+			t.Errorf("rows\n%+v\nwant\n%+v", rep.Fleet.Nodes, want)
+		}
+		if len(e.services) != 1 || e.services[0].Mode.GlobalJob == nil || e.services[0].TaskTemplate.ContainerSpec.Image != "plugin:test" || !slices.Equal(e.removed, []string{"job1"}) {
+			t.Errorf("job %+v, removed %q; want one global job of plugin:test, removed", e.services, e.removed)
+		}
+		if n := count(e.Calls(), "Tasks"); n != 2 {
+			t.Errorf("%d task listings, want 2 (one running, one ended)", n)
+		}
+	})
+
+	t.Run("a task does not end in time", func(t *testing.T) {
+		e := &fakeEngine{snapshot: manager, nodes: nodes[:1], logs: logs}
+		e.tasks = func(int) []swarm.Task { return []swarm.Task{task("t1", "n1", swarm.TaskStateRunning, 0)} }
+		rep, err := testRun(t, e, map[string]string{"fleet": "true", "fleet_image": "plugin:test", "timeout": "300ms"}).Execute(context.Background())
+		if rep.ExitCode != outcome.ExitRuntime || err == nil {
+			t.Fatalf("exit %d, %v; want 1", rep.ExitCode, err)
+		}
+		if got := rep.Fleet.Nodes; len(got) != 1 || got[0].Problem != "its task did not end in time (running)" || got[0].ExitCode != 1 {
+			t.Errorf("rows %+v; want a-ok's task reported as not ended in time", got)
+		}
+		if !slices.Equal(e.removed, []string{"job1"}) {
+			t.Errorf("the job was not removed after the timeout: %q", e.removed)
+		}
+	})
+}
