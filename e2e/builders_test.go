@@ -16,7 +16,8 @@ import (
 	"github.com/docker/docker/api/types/image"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
-	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // Worlds made by the builders users run: BuildKit (the engine's own, POST /build?version=2 without
@@ -33,8 +34,8 @@ func buildImage(t testing.TB, builder build.BuilderVersion, files map[string][]b
 	if tag != "" {
 		opts.Tags = []string{tag}
 	}
-	resp, err := api.ImageBuild(ctx(), bytes.NewReader(fixtures.Tar(files, 0o644)), opts)
-	must(t, err)
+	resp, err := harness.API.ImageBuild(harness.Ctx(), bytes.NewReader(fixtures.Tar(files, 0o644)), opts)
+	harness.Must(t, err)
 	defer resp.Body.Close()
 	var id string
 	lines := bufio.NewScanner(resp.Body)
@@ -60,7 +61,7 @@ func buildImage(t testing.TB, builder build.BuilderVersion, files map[string][]b
 			id = aux.ID
 		}
 	}
-	must(t, lines.Err())
+	harness.Must(t, lines.Err())
 	if id == "" {
 		t.Fatal("the build reported no image ID")
 	}
@@ -73,13 +74,13 @@ func buildImage(t testing.TB, builder build.BuilderVersion, files map[string][]b
 
 // removeChain removes an image and then each of its untagged ancestors that no longer has a child.
 func removeChain(id string) {
-	list, _ := api.ImageList(ctx(), image.ListOptions{All: true})
+	list, _ := harness.API.ImageList(harness.Ctx(), image.ListOptions{All: true})
 	parent := map[string]string{}
 	for _, im := range list {
 		parent[im.ID] = im.ParentID
 	}
 	for id != "" {
-		_, _ = api.ImageRemove(ctx(), id, image.RemoveOptions{Force: true, PruneChildren: true})
+		_, _ = harness.API.ImageRemove(harness.Ctx(), id, image.RemoveOptions{Force: true, PruneChildren: true})
 		id = parent[id]
 	}
 }
@@ -89,8 +90,8 @@ func removeChain(id string) {
 // not prunable.
 func waitCacheReleased(t testing.TB) {
 	t.Helper()
-	if !waitFor(t, 10*time.Second, "no build-cache record is in use after the build", func() (bool, error) {
-		du, err := api.DiskUsage(ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
+	if !harness.WaitFor(t, 10*time.Second, "no build-cache record is in use after the build", func() (bool, error) {
+		du, err := harness.API.DiskUsage(harness.Ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
 		if err != nil {
 			return false, err
 		}
@@ -110,7 +111,7 @@ func waitCacheReleased(t testing.TB) {
 func dockerfile(lines []string, names ...string) map[string][]byte {
 	files := map[string][]byte{"Dockerfile": []byte(strings.Join(lines, "\n") + "\n")}
 	for _, n := range names {
-		files[n] = []byte(randomHex(64))
+		files[n] = []byte(fixtures.RandomHex(64))
 	}
 	return files
 }
@@ -118,8 +119,8 @@ func dockerfile(lines []string, names ...string) map[string][]byte {
 // references is every tag and digest reference the engine lists, with the image each names.
 func references(t testing.TB) map[string]string {
 	t.Helper()
-	list, err := api.ImageList(ctx(), image.ListOptions{All: true})
-	must(t, err)
+	list, err := harness.API.ImageList(harness.Ctx(), image.ListOptions{All: true})
+	harness.Must(t, err)
 	refs := map[string]string{}
 	for _, im := range list {
 		for _, ref := range append(slices.Clone(im.RepoTags), im.RepoDigests...) {
@@ -153,13 +154,13 @@ func checkExact(t testing.TB, env map[string]string) (real result, before, after
 	dry := maps.Clone(env)
 	dry["PLUGIN_DRY_RUN"] = "true"
 	plan := runPlugin(t, dry)
-	if plan.code != 0 || plan.report.Decision != plugin.DecisionDryRun {
+	if plan.code != 0 || plan.report.Decision != report.DecisionDryRun {
 		t.Fatalf("dry run: exit %d decision %q", plan.code, plan.report.Decision)
 	}
 	refs := references(t)
 	before = takeInventory(t)
 	real = runPlugin(t, env)
-	if real.code != 0 || real.report.Decision != plugin.DecisionPruned {
+	if real.code != 0 || real.report.Decision != report.DecisionPruned {
 		t.Fatalf("run: exit %d decision %q", real.code, real.report.Decision)
 	}
 	after = takeInventory(t)
@@ -167,14 +168,14 @@ func checkExact(t testing.TB, env map[string]string) (real result, before, after
 		phase string
 		gone  map[string]bool
 	}{
-		{plugin.PhaseContainers, gone(before.containers, after.containers)},
-		{plugin.PhaseImages, gone(before.images, after.images)},
-		{plugin.PhaseBuildCache, gone(before.cache, after.cache)},
+		{report.PhaseContainers, gone(before.containers, after.containers)},
+		{report.PhaseImages, gone(before.images, after.images)},
+		{report.PhaseBuildCache, gone(before.cache, after.cache)},
 	} {
-		planned, reported := phaseIDs(plan.report, c.phase), phaseIDs(real.report, c.phase)
+		planned, reported := harness.PhaseIDs(plan.report, c.phase), harness.PhaseIDs(real.report, c.phase)
 		if !sameSet(planned, c.gone) || !sameSet(reported, c.gone) {
-			t.Errorf("%s store, %s: planned %d %v\nremoved %d %v\nreported %d %v", storeName(), c.phase,
-				len(planned), fmtSet(planned), len(c.gone), fmtSet(c.gone), len(reported), fmtSet(reported))
+			t.Errorf("%s store, %s: planned %d %v\nremoved %d %v\nreported %d %v", harness.StoreName(), c.phase,
+				len(planned), harness.FmtSet(planned), len(c.gone), harness.FmtSet(c.gone), len(reported), harness.FmtSet(reported))
 		}
 	}
 	checkReferencesKept(t, refs)
@@ -186,26 +187,26 @@ func checkExact(t testing.TB, env map[string]string) (real result, before, after
 // untagged; the plugin must keep the tagged image (a delete by ID would remove both records) and
 // report nothing of it. On the classic store the second build gives the first build's image the tag.
 func TestBuildKitRebuildUnderTagKeepsTag(t *testing.T) {
-	files := dockerfile([]string{"FROM scratch", "COPY f /f", "LABEL " + fixtureLabel + "=true"}, "f")
+	files := dockerfile([]string{"FROM scratch", "COPY f /f", "LABEL " + fixtures.Label + "=true"}, "f")
 	untagged := buildImage(t, build.BuilderBuildKit, files, "")
-	tag := "dgp-app:" + randomHex(4)
+	tag := "dgp-app:" + fixtures.RandomHex(4)
 	tagged := buildImage(t, build.BuilderBuildKit, files, tag)
 	if untagged != tagged {
 		t.Fatalf("the same context built twice gave %s and %s: the world is not the one under test", untagged, tagged)
 	}
-	dangling, err := api.ImageList(ctx(), image.ListOptions{Filters: filters.NewArgs(filters.Arg("dangling", "true"))})
-	must(t, err)
+	dangling, err := harness.API.ImageList(harness.Ctx(), image.ListOptions{Filters: filters.NewArgs(filters.Arg("dangling", "true"))})
+	harness.Must(t, err)
 	listed := slices.ContainsFunc(dangling, func(im image.Summary) bool { return im.ID == tagged })
-	if listed != containerdStore {
-		t.Fatalf("%s store: the dangling listing shows the tagged image: %v, want %v", storeName(), listed, containerdStore)
+	if listed != harness.ContainerdStore {
+		t.Fatalf("%s store: the dangling listing shows the tagged image: %v, want %v", harness.StoreName(), listed, harness.ContainerdStore)
 	}
-	cutoff := waitPastCutoff()
-	real, _, _ := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
-	if !exists(t, "image", tag) {
+	cutoff := harness.WaitPastCutoff()
+	real, _, _ := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": harness.RFC3339(cutoff)})
+	if !harness.Exists(t, "image", tag) {
 		t.Fatalf("%s is gone", tag)
 	}
-	images, _ := real.report.Phase(plugin.PhaseImages)
-	if slices.ContainsFunc(images.Objects, func(o plugin.Object) bool { return o.ID == tagged }) || slices.Contains(images.Untagged, tag) {
+	images, _ := real.report.Phase(report.PhaseImages)
+	if slices.ContainsFunc(images.Objects, func(o report.Object) bool { return o.ID == tagged }) || slices.Contains(images.Untagged, tag) {
 		t.Errorf("the report lists the tagged image %s under the removed images: %+v", tag, images)
 	}
 }
@@ -215,13 +216,13 @@ func TestBuildKitRebuildUnderTagKeepsTag(t *testing.T) {
 // not. The plugin removes the labelled images only; the engine's own prune on the classic store
 // walks into the unlabelled parent as well (docs/engine.md), so the plugin does not use it here.
 func TestLabelsNarrowUntaggedParents(t *testing.T) {
-	tier := "dgp-tier-" + randomHex(3)
+	tier := "dgp-tier-" + fixtures.RandomHex(3)
 	lines := []string{"FROM scratch", "COPY a /a", "LABEL tier=" + tier, "COPY b /b"}
-	tag := "dgp-rl:" + randomHex(4)
+	tag := "dgp-rl:" + fixtures.RandomHex(4)
 	first := buildImage(t, build.BuilderV1, dockerfile(lines, "a", "b"), tag)
 	buildImage(t, build.BuilderV1, dockerfile(lines, "a", "b"), tag)
-	list, err := api.ImageList(ctx(), image.ListOptions{All: true})
-	must(t, err)
+	list, err := harness.API.ImageList(harness.Ctx(), image.ListOptions{All: true})
+	harness.Must(t, err)
 	byID := map[string]image.Summary{}
 	for _, im := range list {
 		byID[im.ID] = im
@@ -233,21 +234,21 @@ func TestLabelsNarrowUntaggedParents(t *testing.T) {
 	if len(chain) != 3 || chain[2].Labels["tier"] != "" || chain[1].Labels["tier"] != tier || chain[0].Labels["tier"] != tier {
 		t.Fatalf("the first build's chain is not head and middle labelled over an unlabelled parent: %+v", chain)
 	}
-	cutoff := waitPastCutoff()
-	real, _, _ := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff), "PLUGIN_LABELS": "tier=" + tier})
-	if !exists(t, "image", chain[2].ID) {
+	cutoff := harness.WaitPastCutoff()
+	real, _, _ := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": harness.RFC3339(cutoff), "PLUGIN_LABELS": "tier=" + tier})
+	if !harness.Exists(t, "image", chain[2].ID) {
 		t.Errorf("the unlabelled parent %s was removed under labels tier=%s", chain[2].ID, tier)
 	}
 	for _, im := range chain[:2] {
-		if exists(t, "image", im.ID) {
+		if harness.Exists(t, "image", im.ID) {
 			t.Errorf("the labelled dangling image %s was kept", im.ID)
 		}
 	}
-	if !exists(t, "image", tag) {
+	if !harness.Exists(t, "image", tag) {
 		t.Errorf("%s is gone", tag)
 	}
-	images, _ := real.report.Phase(plugin.PhaseImages)
-	t.Logf("%s store: removed %d images, %d layers; %s", storeName(), images.Count, images.Layers, images.Reason)
+	images, _ := real.report.Phase(report.PhaseImages)
+	t.Logf("%s store: removed %d images, %d layers; %s", harness.StoreName(), images.Count, images.Layers, images.Reason)
 }
 
 // Shape 3: an untagged multi-stage BuildKit build leaves a cache record shared with the dangling
@@ -257,8 +258,8 @@ func TestLabelsNarrowUntaggedParents(t *testing.T) {
 func TestBuildCachePlanAcrossImagePhase(t *testing.T) {
 	files := dockerfile([]string{"FROM scratch AS a", "COPY f /f", "FROM scratch", "COPY --from=a /f /g"}, "f")
 	built := buildImage(t, build.BuilderBuildKit, files, "")
-	du, err := api.DiskUsage(ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
-	must(t, err)
+	du, err := harness.API.DiskUsage(harness.Ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
+	harness.Must(t, err)
 	shared := 0
 	for _, r := range du.BuildCache {
 		if r.Shared && !r.InUse {
@@ -268,26 +269,26 @@ func TestBuildCachePlanAcrossImagePhase(t *testing.T) {
 	if shared == 0 {
 		t.Fatal("no build-cache record is shared with an image: the world is not the one under test")
 	}
-	cutoff := waitPastCutoff()
-	_, _, after := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
-	if exists(t, "image", built) {
+	cutoff := harness.WaitPastCutoff()
+	_, _, after := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": harness.RFC3339(cutoff)})
+	if harness.Exists(t, "image", built) {
 		t.Errorf("the dangling image %s the build made was kept", built)
 	}
 	// The next run removes what the image phase freed, and its plan says so first.
-	next, _, last := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
-	removed := phaseIDs(next.report, plugin.PhaseBuildCache)
+	next, _, last := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": harness.RFC3339(cutoff)})
+	removed := harness.PhaseIDs(next.report, report.PhaseBuildCache)
 	if len(removed) == 0 || !sameSet(gone(after.cache, last.cache), removed) {
-		t.Errorf("the next run removed %v of the records the image phase freed", fmtSet(removed))
+		t.Errorf("the next run removed %v of the records the image phase freed", harness.FmtSet(removed))
 	}
 }
 
 // A dangling image whose config says it was created at the Unix epoch (a reproducible build's
 // SOURCE_DATE_EPOCH=0) is old: the engine's prune removes it on both stores, and so does the plan.
 func TestEpochCreatedImageIsOld(t *testing.T) {
-	id := danglingImage(t, time.Unix(0, 0), nil)
-	cutoff := waitPastCutoff()
-	real, _, _ := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(cutoff)})
-	if !phaseIDs(real.report, plugin.PhaseImages)[id] || exists(t, "image", id) {
-		t.Errorf("%s store: the image created at the epoch was kept", storeName())
+	id := harness.DanglingImage(t, time.Unix(0, 0), nil)
+	cutoff := harness.WaitPastCutoff()
+	real, _, _ := checkExact(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": harness.RFC3339(cutoff)})
+	if !harness.PhaseIDs(real.report, report.PhaseImages)[id] || harness.Exists(t, "image", id) {
+		t.Errorf("%s store: the image created at the epoch was kept", harness.StoreName())
 	}
 }

@@ -11,7 +11,8 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
-	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // On the containerd image store the image bytes live under containerd's root, which need not share
@@ -20,10 +21,10 @@ import (
 // the threshold there while the data root is not: the disk gate must open on it and the summary
 // must list both filesystems.
 func TestContainerdRootOnItsOwnFilesystem(t *testing.T) {
-	if !containerdStore {
+	if !harness.ContainerdStore {
 		t.Skip("needs the Docker 29 engine that scripts/test-engine.sh builds; runs in the containerd-store pass of .ci/run")
 	}
-	name := "croot" + randomHex(2)
+	name := "croot" + fixtures.RandomHex(2)
 	start := exec.Command("bash", "../scripts/test-engine.sh", "start", name, "--containerd-tmpfs=160m")
 	out, err := start.Output()
 	if err != nil {
@@ -36,12 +37,12 @@ func TestContainerdRootOnItsOwnFilesystem(t *testing.T) {
 	})
 	host := strings.TrimPrefix(strings.TrimSpace(string(out)), "DOCKER_HOST=")
 	engine, err := client.NewClientWithOpts(client.WithHost(host), client.WithAPIVersionNegotiation())
-	must(t, err)
+	harness.Must(t, err)
 	defer engine.Close()
 	payload := make([]byte, 56<<20)
 	_, _ = rand.Read(payload)
-	_, err = fixtures.Load(ctx(), engine, fixtures.Image{Tag: "dgp-fill:1", Created: time.Now(), Files: map[string][]byte{"payload": payload}})
-	must(t, err)
+	_, err = fixtures.Load(harness.Ctx(), engine, fixtures.Image{Tag: "dgp-fill:1", Created: time.Now(), Files: map[string][]byte{"payload": payload}})
+	harness.Must(t, err)
 
 	r := runPlugin(t, map[string]string{"DOCKER_HOST": host, "PLUGIN_THRESHOLD": "50", "PLUGIN_DRY_RUN": "true", "PLUGIN_FAIL_ABOVE": "100"})
 	disk, _ := r.report.Gate("disk_pressure")
@@ -58,7 +59,7 @@ func TestContainerdRootOnItsOwnFilesystem(t *testing.T) {
 	if !strings.Contains(r.stdout, "containerd image store") || !strings.Contains(r.stdout, "measured: "+worst.Path) {
 		t.Errorf("the summary does not name the store and containerd's root")
 	}
-	if _, ok := r.report.Phase(plugin.PhaseImages); !ok {
+	if _, ok := r.report.Phase(report.PhaseImages); !ok {
 		t.Errorf("the dry run did not reach the image phase")
 	}
 }

@@ -9,14 +9,16 @@ import (
 	"github.com/docker/docker/api/types/swarm"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
-	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // taskStates counts the tasks of a service by state.
 func taskStates(t *testing.T, serviceID string) map[swarm.TaskState]int {
 	t.Helper()
-	tasks, err := api.TaskList(ctx(), swarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", serviceID))})
-	must(t, err)
+	tasks, err := harness.API.TaskList(harness.Ctx(), swarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", serviceID))})
+	harness.Must(t, err)
 	out := map[swarm.TaskState]int{}
 	for _, task := range tasks {
 		out[task.Status.State]++
@@ -27,18 +29,18 @@ func taskStates(t *testing.T, serviceID string) map[swarm.TaskState]int {
 // A job whose task has completed is not converging: the gate stays open. Proves SPEC "The run" 4
 // (finished jobs); the gate's rule alone is TestUnconverged.
 func TestFinishedJobIsNotConverging(t *testing.T) {
-	name := "dgp-job-" + randomHex(4)
+	name := "dgp-job-" + fixtures.RandomHex(4)
 	one := uint64(1)
 	id := makeService(t, serviceSpec{name: name, cmd: []string{"/sleeper", "done"},
 		mode: &swarm.ServiceMode{ReplicatedJob: &swarm.ReplicatedJob{MaxConcurrent: &one, TotalCompletions: &one}}})
-	if !waitFor(t, 60*time.Second, "job "+name+"'s task completes", func() (bool, error) {
+	if !harness.WaitFor(t, 60*time.Second, "job "+name+"'s task completes", func() (bool, error) {
 		return taskStates(t, id)[swarm.TaskStateComplete] == 1, nil
 	}) {
 		t.FailNow()
 	}
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true"})
 	v, _ := r.report.Gate(gates.NoConvergeGate)
-	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun || !v.Open {
+	if r.code != 0 || r.report.Decision != report.DecisionDryRun || !v.Open {
 		t.Fatalf("exit %d, decision %q, no_converge open %v (%s %v); want a dry run with the gate open", r.code, r.report.Decision, v.Open, v.Reason, v.Evidence)
 	}
 }
@@ -47,22 +49,22 @@ func TestFinishedJobIsNotConverging(t *testing.T) {
 // so, even while all its tasks run. The update waits an hour between its two tasks, so it stays
 // "updating" for the test.
 func TestServiceUpdatingSkips(t *testing.T) {
-	name := "dgp-updating-" + randomHex(4)
+	name := "dgp-updating-" + fixtures.RandomHex(4)
 	id := makeService(t, serviceSpec{name: name, replicas: 2,
 		update: &swarm.UpdateConfig{Parallelism: 1, Delay: time.Hour, Order: swarm.UpdateOrderStartFirst}})
-	if !waitFor(t, 60*time.Second, "service "+name+" runs 2 tasks", func() (bool, error) {
+	if !harness.WaitFor(t, 60*time.Second, "service "+name+" runs 2 tasks", func() (bool, error) {
 		return taskStates(t, id)[swarm.TaskStateRunning] == 2, nil
 	}) {
 		t.FailNow()
 	}
-	svc, _, err := api.ServiceInspectWithRaw(ctx(), id, swarm.ServiceInspectOptions{})
-	must(t, err)
+	svc, _, err := harness.API.ServiceInspectWithRaw(harness.Ctx(), id, swarm.ServiceInspectOptions{})
+	harness.Must(t, err)
 	spec := svc.Spec
 	spec.TaskTemplate.ContainerSpec.Env = append(spec.TaskTemplate.ContainerSpec.Env, "DGP_UPDATE=1")
-	_, err = api.ServiceUpdate(ctx(), id, svc.Version, spec, swarm.ServiceUpdateOptions{})
-	must(t, err)
-	if !waitFor(t, 60*time.Second, "service "+name+" is updating", func() (bool, error) {
-		s, _, err := api.ServiceInspectWithRaw(ctx(), id, swarm.ServiceInspectOptions{})
+	_, err = harness.API.ServiceUpdate(harness.Ctx(), id, svc.Version, spec, swarm.ServiceUpdateOptions{})
+	harness.Must(t, err)
+	if !harness.WaitFor(t, 60*time.Second, "service "+name+" is updating", func() (bool, error) {
+		s, _, err := harness.API.ServiceInspectWithRaw(harness.Ctx(), id, swarm.ServiceInspectOptions{})
 		return err == nil && s.UpdateStatus != nil && s.UpdateStatus.State == swarm.UpdateStateUpdating, err
 	}) {
 		t.FailNow()

@@ -15,7 +15,8 @@ import (
 	"github.com/docker/docker/api/types/image"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
-	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // Exact plan and exact report (docs/usage.md, "Dry run and report"): on a random world with
@@ -29,19 +30,19 @@ import (
 func legacyChain(t *testing.T, tag, chain string, f1, f2 []byte) string {
 	t.Helper()
 	tar := fixtures.Tar(map[string][]byte{
-		"Dockerfile": []byte("FROM " + sleeperImage + "\nLABEL dgp.chain=" + chain + "\nCOPY f1 /f1\nCOPY f2 /f2\n"),
+		"Dockerfile": []byte("FROM " + harness.SleeperImage + "\nLABEL dgp.chain=" + chain + "\nCOPY f1 /f1\nCOPY f2 /f2\n"),
 		"f1":         f1, "f2": f2,
 	}, 0o644)
-	resp, err := api.ImageBuild(ctx(), bytes.NewReader(tar), build.ImageBuildOptions{Version: build.BuilderV1, Tags: []string{tag}, Remove: true})
-	must(t, err)
+	resp, err := harness.API.ImageBuild(harness.Ctx(), bytes.NewReader(tar), build.ImageBuildOptions{Version: build.BuilderV1, Tags: []string{tag}, Remove: true})
+	harness.Must(t, err)
 	out, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	must(t, err)
+	harness.Must(t, err)
 	if strings.Contains(string(out), "errorDetail") {
 		t.Fatalf("legacy build: %s", out)
 	}
-	inspect, err := api.ImageInspect(ctx(), tag)
-	must(t, err)
+	inspect, err := harness.API.ImageInspect(harness.Ctx(), tag)
+	harness.Must(t, err)
 	return inspect.ID
 }
 
@@ -94,14 +95,14 @@ func builtWorld(t *testing.T, rng *rand.Rand, tier string) {
 	if rng.IntN(3) > 0 {
 		files := dockerfile([]string{"FROM scratch", "COPY f /f", "LABEL tier=" + tier}, "f")
 		buildImage(t, build.BuilderBuildKit, files, "")
-		buildImage(t, build.BuilderBuildKit, files, "dgp-app:"+randomHex(4))
+		buildImage(t, build.BuilderBuildKit, files, "dgp-app:"+fixtures.RandomHex(4))
 	}
 	if rng.IntN(3) > 0 {
 		buildImage(t, build.BuilderBuildKit, dockerfile([]string{"FROM scratch AS a", "COPY f /f", "FROM scratch", "COPY --from=a /f /g", "LABEL tier=" + tier}, "f"), "")
 	}
 	for range 1 + rng.IntN(2) {
 		lines := []string{"FROM scratch", "COPY a /a", "LABEL tier=" + tier, "COPY b /b"}
-		tag := "dgp-rl:" + randomHex(4)
+		tag := "dgp-rl:" + fixtures.RandomHex(4)
 		buildImage(t, build.BuilderV1, dockerfile(lines, "a", "b"), tag)
 		buildImage(t, build.BuilderV1, dockerfile(lines, "a", "b"), tag)
 	}
@@ -109,36 +110,36 @@ func builtWorld(t *testing.T, rng *rand.Rand, tier string) {
 
 func exactWorld(t *testing.T, seed uint64, labelled bool) {
 	rng := rand.New(rand.NewPCG(seed, seed^0xe4ac7))
-	ensureSleeperImage(t)
-	tier := "dgp-tier-" + randomHex(3)
+	harness.EnsureSleeperImage(t)
+	tier := "dgp-tier-" + fixtures.RandomHex(3)
 	builtWorld(t, rng, tier)
 	// Classic-builder chains, each re-built under its tag so the first build is left dangling with
 	// its untagged parents; the second build differs from the first at f1 (its parents go too) or
 	// only at f2 (the shared parent stays).
 	chains := 1 + rng.IntN(3)
 	for i := range chains {
-		tag := "dgp-chain:" + randomHex(4)
-		chain := randomHex(4)
-		f1 := []byte(randomHex(64))
-		first := legacyChain(t, tag, chain, f1, []byte(randomHex(64)))
+		tag := "dgp-chain:" + fixtures.RandomHex(4)
+		chain := fixtures.RandomHex(4)
+		f1 := []byte(fixtures.RandomHex(64))
+		first := legacyChain(t, tag, chain, f1, []byte(fixtures.RandomHex(64)))
 		if rng.IntN(2) == 0 {
-			f1 = []byte(randomHex(64))
+			f1 = []byte(fixtures.RandomHex(64))
 		}
-		second := legacyChain(t, tag, chain, f1, []byte(randomHex(64)))
+		second := legacyChain(t, tag, chain, f1, []byte(fixtures.RandomHex(64)))
 		t.Cleanup(func() {
 			for _, id := range []string{second, first} {
-				_, _ = api.ImageRemove(ctx(), id, image.RemoveOptions{Force: true, PruneChildren: true})
+				_, _ = harness.API.ImageRemove(harness.Ctx(), id, image.RemoveOptions{Force: true, PruneChildren: true})
 			}
 			// The containerd store deletes an image's untagged parents only while every one of them is
 			// still there: remove what is left of the chain by its label.
-			left, _ := api.ImageList(ctx(), image.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "dgp.chain="+chain))})
+			left, _ := harness.API.ImageList(harness.Ctx(), image.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", "dgp.chain="+chain))})
 			for _, im := range left {
-				_, _ = api.ImageRemove(ctx(), im.ID, image.RemoveOptions{Force: true, PruneChildren: true})
+				_, _ = harness.API.ImageRemove(harness.Ctx(), im.ID, image.RemoveOptions{Force: true, PruneChildren: true})
 			}
 		})
 		if i == 0 && rng.IntN(2) == 0 {
 			// A stopped container of the dangling build keeps it and its parents.
-			makeContainer(t, containerSpec{image: first})
+			harness.MakeContainer(t, harness.Container{Image: first})
 		}
 	}
 	for range rng.IntN(3) {
@@ -147,19 +148,19 @@ func exactWorld(t *testing.T, seed uint64, labelled bool) {
 	// Containers before the cutoff: one created, so that every world has a container to remove (a
 	// world without chains may draw only running and paused ones), then created, exited, paused and
 	// running ones at random.
-	makeContainer(t, containerSpec{labels: map[string]string{"tier": tier}})
+	harness.MakeContainer(t, harness.Container{Labels: map[string]string{"tier": tier}})
 	for range 2 + rng.IntN(4) {
 		switch rng.IntN(4) {
 		case 0:
-			makeContainer(t, containerSpec{})
+			harness.MakeContainer(t, harness.Container{})
 		case 1:
-			makeContainer(t, containerSpec{start: true, cmd: []string{"/sleeper", "exit"}})
+			harness.MakeContainer(t, harness.Container{Start: true, Cmd: []string{"/sleeper", "exit"}})
 		case 2:
-			id := makeContainer(t, containerSpec{start: true})
-			must(t, api.ContainerPause(ctx(), id))
-			t.Cleanup(func() { _ = api.ContainerUnpause(ctx(), id) })
+			id := harness.MakeContainer(t, harness.Container{Start: true})
+			harness.Must(t, harness.API.ContainerPause(harness.Ctx(), id))
+			t.Cleanup(func() { _ = harness.API.ContainerUnpause(harness.Ctx(), id) })
 		default:
-			makeContainer(t, containerSpec{start: true})
+			harness.MakeContainer(t, harness.Container{Start: true})
 		}
 	}
 	// At least a second ahead, so that the images below are loaded before it: the containerd store
@@ -167,19 +168,19 @@ func exactWorld(t *testing.T, seed uint64, labelled bool) {
 	cutoff := time.Now().Truncate(time.Second).Add(2 * time.Second)
 	// Images in the cutoff's own second: at the cutoff exactly (the engine removes it), half a
 	// second after (it stays); and one well before, one well after.
-	danglingImage(t, cutoff, nil)
-	danglingImage(t, cutoff.Add(500*time.Millisecond), nil)
-	danglingImage(t, cutoff.Add(-time.Hour), nil)
-	danglingImage(t, cutoff.Add(time.Hour), nil)
+	harness.DanglingImage(t, cutoff, nil)
+	harness.DanglingImage(t, cutoff.Add(500*time.Millisecond), nil)
+	harness.DanglingImage(t, cutoff.Add(-time.Hour), nil)
+	harness.DanglingImage(t, cutoff.Add(time.Hour), nil)
 	// In the cutoff's own second, after it: an image whose config is an hour older. The classic store
 	// compares the config (old: it goes), the containerd store also its record, made now (young: it
 	// stays).
 	time.Sleep(time.Until(cutoff) + 100*time.Millisecond)
-	late := danglingImage(t, cutoff.Add(-time.Hour), nil)
+	late := harness.DanglingImage(t, cutoff.Add(-time.Hour), nil)
 	time.Sleep(time.Until(cutoff) + 1100*time.Millisecond)
 	// After the cutoff: a young created container and a young exited one stay.
-	makeContainer(t, containerSpec{})
-	makeContainer(t, containerSpec{start: true, cmd: []string{"/sleeper", "exit"}})
+	harness.MakeContainer(t, harness.Container{})
+	harness.MakeContainer(t, harness.Container{Start: true, Cmd: []string{"/sleeper", "exit"}})
 	time.Sleep(500 * time.Millisecond) // let the exiting containers exit
 
 	env := map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": cutoff.UTC().Format(time.RFC3339)}
@@ -188,9 +189,9 @@ func exactWorld(t *testing.T, seed uint64, labelled bool) {
 	}
 	real, before, after := checkExact(t, env)
 	imagesGone, containersGone := gone(before.images, after.images), gone(before.containers, after.containers)
-	if imagesGone[late] && (containerdStore || labelled) || !imagesGone[late] && !containerdStore && !labelled {
+	if imagesGone[late] && (harness.ContainerdStore || labelled) || !imagesGone[late] && !harness.ContainerdStore && !labelled {
 		t.Errorf("seed %d: the image loaded after the cutoff with a config an hour before it was removed=%v; on the %s store want %v",
-			seed, imagesGone[late], storeName(), !containerdStore && !labelled)
+			seed, imagesGone[late], harness.StoreName(), !harness.ContainerdStore && !labelled)
 	}
 	if len(imagesGone) == 0 || len(containersGone) == 0 {
 		t.Errorf("seed %d: the world left nothing to prune (%d images, %d containers): the comparison proves nothing", seed, len(imagesGone), len(containersGone))
@@ -202,7 +203,7 @@ func exactWorld(t *testing.T, seed uint64, labelled bool) {
 			}
 		}
 	}
-	images, _ := real.report.Phase(plugin.PhaseImages)
-	cache, _ := real.report.Phase(plugin.PhaseBuildCache)
+	images, _ := real.report.Phase(report.PhaseImages)
+	cache, _ := real.report.Phase(report.PhaseBuildCache)
 	t.Logf("seed %d, labels %v: %d chains; removed %d containers, %d images (%d layers besides), %d build-cache records", seed, labelled, chains, len(containersGone), len(imagesGone), images.Layers, cache.Count)
 }

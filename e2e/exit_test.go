@@ -10,7 +10,9 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
-	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 func containerStopOptions() container.StopOptions { t := 1; return container.StopOptions{Timeout: &t} }
@@ -20,7 +22,7 @@ func containerStopOptions() container.StopOptions { t := 1; return container.Sto
 func TestDeadSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "dead.sock")
 	r := runPlugin(t, map[string]string{"DOCKER_HOST": "unix://" + sock, "PLUGIN_FORCE": "true"})
-	if r.code != plugin.ExitRuntime {
+	if r.code != outcome.ExitRuntime {
 		t.Fatalf("exit %d, want 1", r.code)
 	}
 	if r.elapsed > 5*time.Second {
@@ -43,14 +45,14 @@ func TestDeadSocket(t *testing.T) {
 func TestExitCodes(t *testing.T) {
 	// 2: an invalid value names the setting and contacts no daemon.
 	watch, err := fixtures.WatchSocket(filepath.Join(t.TempDir(), "watch.sock"))
-	must(t, err)
+	harness.Must(t, err)
 	defer watch.Close()
 	r := runPlugin(t, map[string]string{"DOCKER_HOST": watch.Host(), "PLUGIN_THRESHOLD": "120"})
-	if r.code != plugin.ExitInvalid || !strings.Contains(r.stderr, `invalid setting threshold="120"`) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
+	if r.code != outcome.ExitInvalid || !strings.Contains(r.stderr, `invalid setting threshold="120"`) || strings.Count(strings.TrimSpace(r.stderr), "\n") != 0 {
 		t.Errorf("threshold 120: exit %d stderr %q", r.code, r.stderr)
 	}
 	r = runPlugin(t, map[string]string{"DOCKER_HOST": watch.Host(), "PLUGIN_TRESHOLD": "70"})
-	if r.code != plugin.ExitInvalid || !strings.Contains(r.stderr, "did you mean threshold?") {
+	if r.code != outcome.ExitInvalid || !strings.Contains(r.stderr, "did you mean threshold?") {
 		t.Errorf("typo: exit %d stderr %q", r.code, r.stderr)
 	}
 	if watch.Connections() != 0 {
@@ -63,25 +65,25 @@ func TestExitCodes(t *testing.T) {
 			value = "dangling=false"
 		}
 		r = runPlugin(t, map[string]string{key: value})
-		if r.code != plugin.ExitPolicy || !strings.Contains(r.stderr, "never prunes tagged images, volumes or networks") {
+		if r.code != outcome.ExitPolicy || !strings.Contains(r.stderr, "never prunes tagged images, volumes or networks") {
 			t.Errorf("%s: exit %d stderr %q", key, r.code, r.stderr)
 		}
 	}
 	// 3: the ceiling still breached after the run (any real disk is above 0.1% used).
 	r = runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "0.1", "PLUGIN_FAIL_ABOVE": "0.1", "PLUGIN_DRY_RUN": "true"})
-	if r.code != plugin.ExitPolicy || !r.report.CeilingBreached || !strings.Contains(r.stderr, "fail_above") {
+	if r.code != outcome.ExitPolicy || !r.report.CeilingBreached || !strings.Contains(r.stderr, "fail_above") {
 		t.Errorf("ceiling: exit %d breached %v stderr %q", r.code, r.report.CeilingBreached, r.stderr)
 	}
 	// 3 also below threshold: the ceiling is an alert level checked at every ending.
 	r = runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "100", "PLUGIN_FAIL_ABOVE": "0.1", "PLUGIN_DISK_PATH": "/"})
-	if r.code != plugin.ExitPolicy || r.report.Decision != plugin.DecisionKeptCache || !r.report.CeilingBreached {
+	if r.code != outcome.ExitPolicy || r.report.Decision != report.DecisionKeptCache || !r.report.CeilingBreached {
 		t.Errorf("kept cache above the ceiling: exit %d decision %q breached %v", r.code, r.report.Decision, r.report.CeilingBreached)
 	}
 	// 3 also when a live run skipped the prune: the skip is not a way round the alert.
-	name := "dgp-ceiling-" + randomHex(4)
-	makeContainer(t, containerSpec{name: name, start: true})
+	name := "dgp-ceiling-" + fixtures.RandomHex(4)
+	harness.MakeContainer(t, harness.Container{Name: name, Start: true})
 	r = runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "0.1", "PLUGIN_FAIL_ABOVE": "0.1", "PLUGIN_STACK_PATTERN": "^" + name + "$", "PLUGIN_DRY_RUN": "true"})
-	if r.code != plugin.ExitPolicy || r.report.Decision != "skipped: no_run" || !r.report.CeilingBreached {
+	if r.code != outcome.ExitPolicy || r.report.Decision != "skipped: no_run" || !r.report.CeilingBreached {
 		t.Errorf("skipped above the ceiling: exit %d decision %q breached %v", r.code, r.report.Decision, r.report.CeilingBreached)
 	}
 }
@@ -107,9 +109,9 @@ func TestFreeFloorsOpenDiskGate(t *testing.T) {
 		}
 		r := runPlugin(t, env)
 		v, _ := r.report.Gate("disk_pressure")
-		want := plugin.DecisionKeptCache
+		want := report.DecisionKeptCache
 		if c.open {
-			want = plugin.DecisionDryRun
+			want = report.DecisionDryRun
 		}
 		if r.code != 0 || r.report.Decision != want || v.Open != c.open || !strings.Contains(v.Reason, c.reason) {
 			t.Errorf("%s=%s: exit %d, decision %q, disk gate open %v (%q); want exit 0, %q, open %v, a reason with %q",
@@ -124,16 +126,16 @@ func TestFreeFloorsOpenDiskGate(t *testing.T) {
 // docs/usage.md "Outside CI" and "What it does" 2.
 func TestEnvFileAndFlags(t *testing.T) {
 	watch, err := fixtures.WatchSocket(filepath.Join(t.TempDir(), "watch.sock"))
-	must(t, err)
+	harness.Must(t, err)
 	defer watch.Close()
 	file := filepath.Join(t.TempDir(), "prune.env")
-	must(t, os.WriteFile(file, []byte("PLUGIN_THRESHOLD=100\nPLUGIN_FAIL_ABOVE=100\nPLUGIN_DISK_PATH=/\nPLUGIN_UNTIL=12h\n"), 0o644))
+	harness.Must(t, os.WriteFile(file, []byte("PLUGIN_THRESHOLD=100\nPLUGIN_FAIL_ABOVE=100\nPLUGIN_DISK_PATH=/\nPLUGIN_UNTIL=12h\n"), 0o644))
 	r := runPlugin(t, map[string]string{"PLUGIN_ENV_FILE": file, "DOCKER_HOST": watch.Host()})
-	if r.code != 0 || r.report.Decision != plugin.DecisionKeptCache || r.report.Until != "12h" || watch.Connections() != 0 {
+	if r.code != 0 || r.report.Decision != report.DecisionKeptCache || r.report.Until != "12h" || watch.Connections() != 0 {
 		t.Errorf("env file: exit %d decision %q until %q, %d daemon connections (want 0)", r.code, r.report.Decision, r.report.Until, watch.Connections())
 	}
 	r = runPlugin(t, map[string]string{"PLUGIN_ENV_FILE": file}, "--force", "--dry-run", "--until", "48h")
-	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun || r.report.Until != "48h" {
+	if r.code != 0 || r.report.Decision != report.DecisionDryRun || r.report.Until != "48h" {
 		t.Errorf("flags over the env file: exit %d decision %q until %q", r.code, r.report.Decision, r.report.Until)
 	}
 }

@@ -15,7 +15,9 @@ import (
 	"github.com/docker/docker/api/types/container"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
-	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // A socket that accepts and never answers: the run ends within timeout plus a second, exit 1.
@@ -23,7 +25,7 @@ import (
 func TestSilentSocket(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "silent.sock")
 	ln, err := net.Listen("unix", sock)
-	must(t, err)
+	harness.Must(t, err)
 	defer ln.Close()
 	var held []net.Conn
 	go func() {
@@ -36,7 +38,7 @@ func TestSilentSocket(t *testing.T) {
 		}
 	}()
 	r := runPlugin(t, map[string]string{"DOCKER_HOST": "unix://" + sock, "PLUGIN_TIMEOUT": "3s", "PLUGIN_FORCE": "true"})
-	if r.code != plugin.ExitRuntime || r.elapsed > 4*time.Second {
+	if r.code != outcome.ExitRuntime || r.elapsed > 4*time.Second {
 		t.Fatalf("exit %d after %s; want 1 within timeout (3s) plus a second", r.code, r.elapsed)
 	}
 	if !strings.Contains(r.stderr, "timeout 3s reached") {
@@ -48,13 +50,13 @@ func TestSilentSocket(t *testing.T) {
 // Proves SPEC "The run" 8 (an API failure fails closed); docs/reliability.md "API error during
 // gate evaluation".
 func TestAPIErrorDuringGates(t *testing.T) {
-	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-	stopped := makeContainer(t, containerSpec{})
+	old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	stopped := harness.MakeContainer(t, harness.Container{})
 	time.Sleep(2100 * time.Millisecond)
 	p := startProxy(t, &faultProxy{fail: regexp.MustCompile(`^GET /services$`)})
 	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s"})
-	if r.code != plugin.ExitRuntime || !exists(t, "image", old) || !exists(t, "container", stopped) {
-		t.Fatalf("exit %d; image kept %v container kept %v; want 1 and nothing removed", r.code, exists(t, "image", old), exists(t, "container", stopped))
+	if r.code != outcome.ExitRuntime || !harness.Exists(t, "image", old) || !harness.Exists(t, "container", stopped) {
+		t.Fatalf("exit %d; image kept %v container kept %v; want 1 and nothing removed", r.code, harness.Exists(t, "image", old), harness.Exists(t, "container", stopped))
 	}
 	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
 	last := lines[len(lines)-1]
@@ -67,19 +69,19 @@ func TestAPIErrorDuringGates(t *testing.T) {
 // Proves SPEC "The run" 6 (the gates re-checked before each phase); docs/usage.md "What it
 // does" 6.
 func TestStackAppearsBetweenPhases(t *testing.T) {
-	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-	stopped := makeContainer(t, containerSpec{})
+	old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	stopped := harness.MakeContainer(t, harness.Container{})
 	buildCache(t)
 	time.Sleep(2100 * time.Millisecond)
 	r := runWithLateRun(t, "ci-run-99-late", regexp.MustCompile(`^POST /containers/prune$`))
-	if r.code != 0 || r.report.Decision != "stopped: "+gates.NoRunGate+" closed before "+plugin.PhaseImages {
+	if r.code != 0 || r.report.Decision != "stopped: "+gates.NoRunGate+" closed before "+report.PhaseImages {
 		t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
 	}
-	if exists(t, "container", stopped) || !exists(t, "image", old) {
-		t.Errorf("containers phase should have run (container gone: %v) and images not (image kept: %v)", !exists(t, "container", stopped), exists(t, "image", old))
+	if harness.Exists(t, "container", stopped) || !harness.Exists(t, "image", old) {
+		t.Errorf("containers phase should have run (container gone: %v) and images not (image kept: %v)", !harness.Exists(t, "container", stopped), harness.Exists(t, "image", old))
 	}
-	for _, ph := range []string{plugin.PhaseImages, plugin.PhaseBuildCache} {
-		if p, _ := r.report.Phase(ph); p.Status != plugin.StatusNotRun {
+	for _, ph := range []string{report.PhaseImages, report.PhaseBuildCache} {
+		if p, _ := r.report.Phase(ph); p.Status != report.StatusNotRun {
 			t.Errorf("%s phase %+v, want not run", ph, p)
 		}
 	}
@@ -99,15 +101,15 @@ func signalDuringPrune(t *testing.T, hold time.Duration) (*exec.ExitError, strin
 			time.Sleep(hold)
 		}
 	}
-	cmd := exec.Command(pluginBin)
+	cmd := exec.Command(harness.PluginBin)
 	cmd.Env = []string{"DOCKER_HOST=" + p.host, "PLUGIN_FORCE=true", "PLUGIN_UNTIL=1s"}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	must(t, cmd.Start())
+	harness.Must(t, cmd.Start())
 	p.waitSeen(t, regexp.MustCompile(`^POST /containers/prune$`), 20*time.Second)
 	time.Sleep(200 * time.Millisecond)
 	signalled := time.Now()
-	must(t, cmd.Process.Signal(syscall.SIGTERM))
+	harness.Must(t, cmd.Process.Signal(syscall.SIGTERM))
 	err := cmd.Wait()
 	took := time.Since(signalled)
 	t.Logf("exit after %s: %v\nstdout:\n%s\nstderr:\n%s", took, err, stdout.String(), stderr.String())
@@ -123,11 +125,11 @@ func signalDuringPrune(t *testing.T, hold time.Duration) (*exec.ExitError, strin
 // Proves SPEC "The run" 8 (signal: stop between calls, report what was done, exit 1);
 // docs/reliability.md "SIGTERM in the middle of a prune".
 func TestSignalLetsPruneFinish(t *testing.T) {
-	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-	stopped := makeContainer(t, containerSpec{})
+	old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	stopped := harness.MakeContainer(t, harness.Container{})
 	time.Sleep(2100 * time.Millisecond)
 	exit, out, took := signalDuringPrune(t, 1500*time.Millisecond)
-	if exit.ExitCode() != plugin.ExitRuntime || took > 3*time.Second {
+	if exit.ExitCode() != outcome.ExitRuntime || took > 3*time.Second {
 		t.Fatalf("want exit 1 once the held answer arrives, got %d after %s", exit.ExitCode(), took)
 	}
 	for _, want := range []string{"decision: error", "stopped after the containers phase: received terminated", "containers   removed", "images       not run"} {
@@ -135,7 +137,7 @@ func TestSignalLetsPruneFinish(t *testing.T) {
 			t.Errorf("summary lacks %q", want)
 		}
 	}
-	if exists(t, "container", stopped) || !exists(t, "image", old) {
+	if harness.Exists(t, "container", stopped) || !harness.Exists(t, "image", old) {
 		t.Errorf("the container phase should have removed %s and the image phase not run", stopped)
 	}
 }
@@ -144,11 +146,11 @@ func TestSignalLetsPruneFinish(t *testing.T) {
 // the phase reported interrupted. Proves SPEC "The run" 8 (signal); docs/reliability.md "SIGTERM
 // in the middle of a prune".
 func TestSignalDuringPrune(t *testing.T) {
-	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-	makeContainer(t, containerSpec{})
+	old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	harness.MakeContainer(t, harness.Container{})
 	time.Sleep(2100 * time.Millisecond)
 	exit, out, took := signalDuringPrune(t, 20*time.Second)
-	if exit.ExitCode() != plugin.ExitRuntime || took > 4500*time.Millisecond {
+	if exit.ExitCode() != outcome.ExitRuntime || took > 4500*time.Millisecond {
 		t.Fatalf("want exit 1 within the 3 s grace (plus start-up), got %d after %s", exit.ExitCode(), took)
 	}
 	for _, want := range []string{"decision: error", "stopped during the containers phase: received terminated", "containers   interrupted", "images       not run"} {
@@ -156,7 +158,7 @@ func TestSignalDuringPrune(t *testing.T) {
 			t.Errorf("summary lacks %q", want)
 		}
 	}
-	if !exists(t, "image", old) {
+	if !harness.Exists(t, "image", old) {
 		t.Errorf("the image phase ran after the signal")
 	}
 }
@@ -169,7 +171,7 @@ func TestWorkerFallback(t *testing.T) {
 	p := startProxy(t, &faultProxy{fail: regexp.MustCompile(`^GET /services$`), failStatus: 503,
 		failMessage: "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state."})
 	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true"})
-	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun || !strings.Contains(r.stdout, "worker node") {
+	if r.code != 0 || r.report.Decision != report.DecisionDryRun || !strings.Contains(r.stdout, "worker node") {
 		t.Fatalf("exit %d decision %q; want a dry run that says it judged a worker node", r.code, r.report.Decision)
 	}
 }
@@ -185,14 +187,14 @@ var imagePhaseRoute = regexp.MustCompile(`^(POST /images/prune|DELETE /images/.+
 // Cleanup goes by name, so it also finds a container whose start failed.
 func runWithLateRun(t *testing.T, lateName string, when *regexp.Regexp) result {
 	t.Helper()
-	t.Cleanup(func() { _ = api.ContainerRemove(ctx(), lateName, container.RemoveOptions{Force: true}) })
+	t.Cleanup(func() { _ = harness.API.ContainerRemove(harness.Ctx(), lateName, container.RemoveOptions{Force: true}) })
 	late := make(chan error, 1)
 	var once sync.Once
 	p := startProxy(t, &faultProxy{})
 	p.beforeResponse = func(rt string) {
 		if when.MatchString(rt) {
 			once.Do(func() {
-				_, err := createContainer(containerSpec{name: lateName, start: true})
+				_, err := harness.CreateContainer(harness.Container{Name: lateName, Start: true})
 				late <- err
 			})
 		}
@@ -213,20 +215,20 @@ func runWithLateRun(t *testing.T, lateName string, when *regexp.Regexp) result {
 // later phase runs, exit 1, and the last line says what failed. Proves SPEC "The run" 8 (an API
 // failure during a prune phase).
 func TestAPIErrorDuringPrunePhase(t *testing.T) {
-	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-	stopped := makeContainer(t, containerSpec{})
+	old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	stopped := harness.MakeContainer(t, harness.Container{})
 	buildCache(t)
 	time.Sleep(2100 * time.Millisecond)
 	p := startProxy(t, &faultProxy{fail: imagePhaseRoute})
 	r := runPlugin(t, map[string]string{"DOCKER_HOST": p.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s"})
-	if r.code != plugin.ExitRuntime || exists(t, "container", stopped) || !exists(t, "image", old) {
+	if r.code != outcome.ExitRuntime || harness.Exists(t, "container", stopped) || !harness.Exists(t, "image", old) {
 		t.Fatalf("exit %d; container gone %v, image kept %v; want exit 1, the container phase done and the image kept",
-			r.code, !exists(t, "container", stopped), exists(t, "image", old))
+			r.code, !harness.Exists(t, "container", stopped), harness.Exists(t, "image", old))
 	}
-	if ph, _ := r.report.Phase(plugin.PhaseImages); ph.Status != plugin.StatusFailed {
+	if ph, _ := r.report.Phase(report.PhaseImages); ph.Status != report.StatusFailed {
 		t.Errorf("images phase %+v, want failed", ph)
 	}
-	if ph, _ := r.report.Phase(plugin.PhaseBuildCache); ph.Status != plugin.StatusNotRun {
+	if ph, _ := r.report.Phase(report.PhaseBuildCache); ph.Status != report.StatusNotRun {
 		t.Errorf("build cache phase %+v, want not run after the failure", ph)
 	}
 	lines := strings.Split(strings.TrimSpace(r.stderr), "\n")
@@ -238,18 +240,18 @@ func TestAPIErrorDuringPrunePhase(t *testing.T) {
 // A live run that appears while the image phase runs stops the build-cache phase. Proves SPEC
 // "The run" 6 (the gates re-checked before each phase, the last one included).
 func TestStackAppearsBeforeBuildCachePhase(t *testing.T) {
-	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	buildCache(t)
 	time.Sleep(2100 * time.Millisecond)
 	const lateName = "ci-run-98-late"
 	r := runWithLateRun(t, lateName, imagePhaseRoute)
-	if r.code != 0 || r.report.Decision != "stopped: "+gates.NoRunGate+" closed before "+plugin.PhaseBuildCache {
+	if r.code != 0 || r.report.Decision != "stopped: "+gates.NoRunGate+" closed before "+report.PhaseBuildCache {
 		t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
 	}
-	if exists(t, "image", old) {
+	if harness.Exists(t, "image", old) {
 		t.Errorf("the image phase should have run: %s is still there", old)
 	}
-	if ph, _ := r.report.Phase(plugin.PhaseBuildCache); ph.Status != plugin.StatusNotRun {
+	if ph, _ := r.report.Phase(report.PhaseBuildCache); ph.Status != report.StatusNotRun {
 		t.Errorf("build cache phase %+v, want not run", ph)
 	}
 	if !strings.Contains(r.stdout, `container "`+lateName+`"`) {

@@ -13,6 +13,9 @@ import (
 	"github.com/docker/docker/client"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
 
@@ -30,9 +33,9 @@ type fleetSwarm struct {
 
 func startSwarm(t *testing.T) *fleetSwarm {
 	t.Helper()
-	name := "fl" + randomHex(2)
+	name := "fl" + fixtures.RandomHex(2)
 	hosts, err := fixtures.StartSwarm("../scripts/test-engine.sh", name)
-	must(t, err)
+	harness.Must(t, err)
 	t.Cleanup(func() {
 		if err := fixtures.StopSwarm("../scripts/test-engine.sh", name); err != nil {
 			t.Error(err)
@@ -41,18 +44,18 @@ func startSwarm(t *testing.T) *fleetSwarm {
 	s := &fleetSwarm{name: name, hosts: hosts}
 	for _, h := range hosts {
 		c, err := client.NewClientWithOpts(client.WithHost(h), client.WithAPIVersionNegotiation())
-		must(t, err)
+		harness.Must(t, err)
 		t.Cleanup(func() { _ = c.Close() })
 		s.nodes = append(s.nodes, c)
 	}
-	buildPluginImage(t)
-	ensureSleeperImage(t)
-	for _, image := range []string{pluginImageTag, sleeperImage} {
+	harness.BuildPluginImage(t)
+	harness.EnsureSleeperImage(t)
+	for _, image := range []string{harness.PluginImageTag, harness.SleeperImage} {
 		if out, err := exec.Command("bash", "../scripts/test-engine.sh", "load", name, image).CombinedOutput(); err != nil {
 			t.Fatalf("loading %s into the nodes: %v\n%s", image, err, out)
 		}
 	}
-	s.env = map[string]string{"DOCKER_HOST": s.hosts[0], "PLUGIN_FLEET": "true", "PLUGIN_FLEET_IMAGE": pluginImageTag,
+	s.env = map[string]string{"DOCKER_HOST": s.hosts[0], "PLUGIN_FLEET": "true", "PLUGIN_FLEET_IMAGE": harness.PluginImageTag,
 		"PLUGIN_FLEET_SOCKET": fixtures.EngineRunDir() + "/{{.Node.Hostname}}/docker.sock", "PLUGIN_TIMEOUT": "2m"}
 	return s
 }
@@ -83,22 +86,22 @@ func (s *fleetSwarm) makeNodeObjects(t *testing.T) ([]nodeObjects, time.Time) {
 	t.Helper()
 	objs := make([]nodeObjects, len(s.nodes))
 	for i, c := range s.nodes {
-		ids, err := fixtures.Load(ctx(), c, fixtures.Image{Created: time.Now().Add(-48 * time.Hour), Labels: map[string]string{"dgp.node": s.node(i), "dgp.id": randomHex(4)}})
-		must(t, err)
+		ids, err := fixtures.Load(harness.Ctx(), c, fixtures.Image{Created: time.Now().Add(-48 * time.Hour), Labels: map[string]string{"dgp.node": s.node(i), "dgp.id": fixtures.RandomHex(4)}})
+		harness.Must(t, err)
 		objs[i].oldImage = ids[0]
-		created, err := c.ContainerCreate(ctx(), &container.Config{Image: sleeperImage, Cmd: []string{"/sleeper"}},
+		created, err := c.ContainerCreate(harness.Ctx(), &container.Config{Image: harness.SleeperImage, Cmd: []string{"/sleeper"}},
 			&container.HostConfig{NetworkMode: "none"}, nil, nil, "")
-		must(t, err)
+		harness.Must(t, err)
 		objs[i].oldContainer = created.ID
-		tag := "dgp-kept:" + randomHex(4)
-		_, err = fixtures.Load(ctx(), c, fixtures.Image{Tag: tag, Created: time.Now().Add(-48 * time.Hour)})
-		must(t, err)
+		tag := "dgp-kept:" + fixtures.RandomHex(4)
+		_, err = fixtures.Load(harness.Ctx(), c, fixtures.Image{Tag: tag, Created: time.Now().Add(-48 * time.Hour)})
+		harness.Must(t, err)
 		objs[i].tagged = tag
 	}
-	cutoff := waitPastCutoff()
+	cutoff := harness.WaitPastCutoff()
 	for i, c := range s.nodes {
-		ids, err := fixtures.Load(ctx(), c, fixtures.Image{Created: time.Now().Add(time.Hour), Labels: map[string]string{"dgp.id": randomHex(4)}})
-		must(t, err)
+		ids, err := fixtures.Load(harness.Ctx(), c, fixtures.Image{Created: time.Now().Add(time.Hour), Labels: map[string]string{"dgp.id": fixtures.RandomHex(4)}})
+		harness.Must(t, err)
 		objs[i].youngImage = ids[0]
 	}
 	return objs, cutoff
@@ -108,9 +111,9 @@ func present(t *testing.T, c *client.Client, kind, id string) bool {
 	t.Helper()
 	var err error
 	if kind == "image" {
-		_, err = c.ImageInspect(ctx(), id)
+		_, err = c.ImageInspect(harness.Ctx(), id)
 	} else {
-		_, err = c.ContainerInspect(ctx(), id)
+		_, err = c.ContainerInspect(harness.Ctx(), id)
 	}
 	if err != nil && !cerrdefs.IsNotFound(err) {
 		t.Fatalf("asking node for %s %s: %v", kind, id, err)
@@ -118,8 +121,8 @@ func present(t *testing.T, c *client.Client, kind, id string) bool {
 	return err == nil
 }
 
-func rowsByNode(r result) map[string]plugin.NodeRow {
-	out := map[string]plugin.NodeRow{}
+func rowsByNode(r result) map[string]report.NodeRow {
+	out := map[string]report.NodeRow{}
 	if r.report.Fleet != nil {
 		for _, n := range r.report.Fleet.Nodes {
 			out[n.Node] = n
@@ -141,7 +144,7 @@ func TestFleet(t *testing.T) {
 		rows := rowsByNode(plan)
 		for i := range s.nodes {
 			n := rows[s.node(i)]
-			if n.Decision != plugin.DecisionDryRun || n.Objects != 2 || n.ExitCode != 0 {
+			if n.Decision != report.DecisionDryRun || n.Objects != 2 || n.ExitCode != 0 {
 				t.Errorf("dry run, node %s: %+v; want a dry run listing 2 objects", s.node(i), n)
 			}
 			if !present(t, s.nodes[i], "image", objs[i].oldImage) || !present(t, s.nodes[i], "container", objs[i].oldContainer) {
@@ -156,7 +159,7 @@ func TestFleet(t *testing.T) {
 		rows = rowsByNode(r)
 		for i, c := range s.nodes {
 			n := rows[s.node(i)]
-			if n.Decision != plugin.DecisionPruned || n.Objects != 2 || n.ExitCode != 0 {
+			if n.Decision != report.DecisionPruned || n.Objects != 2 || n.ExitCode != 0 {
 				t.Errorf("node %s: %+v; want pruned, 2 objects", s.node(i), n)
 			}
 			if present(t, c, "image", objs[i].oldImage) || present(t, c, "container", objs[i].oldContainer) {
@@ -166,39 +169,39 @@ func TestFleet(t *testing.T) {
 				t.Errorf("node %s: the young dangling image or the tagged image was removed", s.node(i))
 			}
 		}
-		if r.code != 0 || r.report.Decision != plugin.DecisionFleet {
+		if r.code != 0 || r.report.Decision != report.DecisionFleet {
 			t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
 		}
-		if _, _, err := s.nodes[0].ServiceInspectWithRaw(ctx(), plugin.FleetService, swarm.ServiceInspectOptions{}); !cerrdefs.IsNotFound(err) {
+		if _, _, err := s.nodes[0].ServiceInspectWithRaw(harness.Ctx(), plugin.FleetService, swarm.ServiceInspectOptions{}); !cerrdefs.IsNotFound(err) {
 			t.Errorf("the fleet job was not removed: %v", err)
 		}
 	})
 
 	t.Run("a run label on node 2 holds node 2 only", func(t *testing.T) {
-		key := "dgp.run." + randomHex(3)
+		key := "dgp.run." + fixtures.RandomHex(3)
 		c2 := s.nodes[1]
-		created, err := c2.ContainerCreate(ctx(), &container.Config{Image: sleeperImage, Cmd: []string{"/sleeper"}, Labels: map[string]string{key: "1"}},
+		created, err := c2.ContainerCreate(harness.Ctx(), &container.Config{Image: harness.SleeperImage, Cmd: []string{"/sleeper"}, Labels: map[string]string{key: "1"}},
 			&container.HostConfig{NetworkMode: "none"}, nil, nil, "")
-		must(t, err)
-		must(t, c2.ContainerStart(ctx(), created.ID, container.StartOptions{}))
-		t.Cleanup(func() { _ = c2.ContainerRemove(ctx(), created.ID, container.RemoveOptions{Force: true}) })
+		harness.Must(t, err)
+		harness.Must(t, c2.ContainerStart(harness.Ctx(), created.ID, container.StartOptions{}))
+		t.Cleanup(func() { _ = c2.ContainerRemove(harness.Ctx(), created.ID, container.RemoveOptions{Force: true}) })
 		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_RUN_LABELS": key})
 		rows := rowsByNode(r)
-		if r.code != 0 || rows[s.node(1)].Decision != "skipped: no_run" || rows[s.node(0)].Decision != plugin.DecisionPruned || rows[s.node(2)].Decision != plugin.DecisionPruned {
+		if r.code != 0 || rows[s.node(1)].Decision != "skipped: no_run" || rows[s.node(0)].Decision != report.DecisionPruned || rows[s.node(2)].Decision != report.DecisionPruned {
 			t.Fatalf("exit %d; rows %+v; want node 2 skipped by no_run, the others pruned", r.code, rows)
 		}
 	})
 
 	t.Run("a converging service holds the whole fleet", func(t *testing.T) {
 		replicas := uint64(1)
-		resp, err := s.nodes[0].ServiceCreate(ctx(), swarm.ServiceSpec{
-			Annotations: swarm.Annotations{Name: "dgp-pending-" + randomHex(3)},
-			TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: sleeperImage, Command: []string{"/sleeper"}},
+		resp, err := s.nodes[0].ServiceCreate(harness.Ctx(), swarm.ServiceSpec{
+			Annotations: swarm.Annotations{Name: "dgp-pending-" + fixtures.RandomHex(3)},
+			TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: harness.SleeperImage, Command: []string{"/sleeper"}},
 				Placement: &swarm.Placement{Constraints: []string{"node.labels.dgp-nowhere==true"}}},
 			Mode: swarm.ServiceMode{Replicated: &swarm.ReplicatedService{Replicas: &replicas}},
 		}, swarm.ServiceCreateOptions{})
-		must(t, err)
-		t.Cleanup(func() { _ = s.nodes[0].ServiceRemove(ctx(), resp.ID) })
+		harness.Must(t, err)
+		t.Cleanup(func() { _ = s.nodes[0].ServiceRemove(harness.Ctx(), resp.ID) })
 		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true"})
 		if r.code != 0 || r.report.Decision != "skipped: no_converge" || r.report.Fleet != nil || !strings.Contains(r.stdout, "0/1 tasks running") {
 			t.Fatalf("exit %d decision %q fleet %+v; want the whole fleet skipped by the pending service", r.code, r.report.Decision, r.report.Fleet)
@@ -207,31 +210,31 @@ func TestFleet(t *testing.T) {
 
 	t.Run("a second fleet run is refused while one is in flight", func(t *testing.T) {
 		// A job of the fleet's name, as a run in flight leaves it (this one never ends by itself).
-		resp, err := s.nodes[0].ServiceCreate(ctx(), swarm.ServiceSpec{
+		resp, err := s.nodes[0].ServiceCreate(harness.Ctx(), swarm.ServiceSpec{
 			Annotations:  swarm.Annotations{Name: plugin.FleetService},
-			TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: sleeperImage, Command: []string{"/sleeper"}}},
+			TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: harness.SleeperImage, Command: []string{"/sleeper"}}},
 			Mode:         swarm.ServiceMode{GlobalJob: &swarm.GlobalJob{}},
 		}, swarm.ServiceCreateOptions{})
-		must(t, err)
-		t.Cleanup(func() { _ = s.nodes[0].ServiceRemove(ctx(), resp.ID) })
+		harness.Must(t, err)
+		t.Cleanup(func() { _ = s.nodes[0].ServiceRemove(harness.Ctx(), resp.ID) })
 		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true"})
-		if r.code != plugin.ExitRuntime || !strings.Contains(r.stderr, "another fleet run is in flight") {
+		if r.code != outcome.ExitRuntime || !strings.Contains(r.stderr, "another fleet run is in flight") {
 			t.Fatalf("exit %d; want 1 and the in-flight run named", r.code)
 		}
-		if _, _, err := s.nodes[0].ServiceInspectWithRaw(ctx(), resp.ID, swarm.ServiceInspectOptions{}); err != nil {
+		if _, _, err := s.nodes[0].ServiceInspectWithRaw(harness.Ctx(), resp.ID, swarm.ServiceInspectOptions{}); err != nil {
 			t.Errorf("the refused run touched the job in flight: %v", err)
 		}
 	})
 
 	t.Run("outside a swarm manager fleet is exit 2", func(t *testing.T) {
-		name := "flsolo" + randomHex(2)
+		name := "flsolo" + fixtures.RandomHex(2)
 		out, err := exec.Command("bash", "../scripts/test-engine.sh", "start", name).Output()
 		if err != nil {
 			t.Fatalf("starting a lone engine: %v\n%s", err, out)
 		}
 		t.Cleanup(func() { _ = exec.Command("bash", "../scripts/test-engine.sh", "stop", name).Run() })
 		r := s.run(t, map[string]string{"DOCKER_HOST": strings.TrimPrefix(strings.TrimSpace(string(out)), "DOCKER_HOST="), "PLUGIN_FORCE": "true"})
-		if r.code != plugin.ExitInvalid || !strings.Contains(r.stderr, "fleet") || !strings.Contains(r.stderr, "swarm manager") {
+		if r.code != outcome.ExitInvalid || !strings.Contains(r.stderr, "fleet") || !strings.Contains(r.stderr, "swarm manager") {
 			t.Fatalf("exit %d; want 2 naming fleet and the swarm manager", r.code)
 		}
 	})
@@ -241,8 +244,8 @@ func TestFleet(t *testing.T) {
 			t.Fatalf("cutting node 3: %v\n%s", err, out)
 		}
 		t.Cleanup(func() { _ = exec.Command("bash", "../scripts/test-engine.sh", "link", s.name, "3", "up").Run() })
-		if !waitFor(t, 60*time.Second, "node 3 shows Down on node 1", func() (bool, error) {
-			nodes, err := s.nodes[0].NodeList(ctx(), swarm.NodeListOptions{})
+		if !harness.WaitFor(t, 60*time.Second, "node 3 shows Down on node 1", func() (bool, error) {
+			nodes, err := s.nodes[0].NodeList(harness.Ctx(), swarm.NodeListOptions{})
 			for _, n := range nodes {
 				if n.Description.Hostname == s.node(2) {
 					return n.Status.State == swarm.NodeStateDown, nil
@@ -255,8 +258,8 @@ func TestFleet(t *testing.T) {
 		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true"})
 		rows := rowsByNode(r)
 		down := rows[s.node(2)]
-		if r.code != plugin.ExitRuntime || !strings.Contains(down.Problem, "down") || down.ExitCode != plugin.ExitRuntime ||
-			rows[s.node(0)].Decision != plugin.DecisionPruned || !strings.Contains(r.stderr, s.node(2)) {
+		if r.code != outcome.ExitRuntime || !strings.Contains(down.Problem, "down") || down.ExitCode != outcome.ExitRuntime ||
+			rows[s.node(0)].Decision != report.DecisionPruned || !strings.Contains(r.stderr, s.node(2)) {
 			t.Fatalf("exit %d; rows %+v; want exit 1 naming %s as down, the others pruned", r.code, rows, s.node(2))
 		}
 	})

@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // scratchLabel is the label a random fixture may carry and the `labels` setting may ask for.
@@ -46,9 +48,9 @@ func makeWorld(t *testing.T, seed uint64) *randomWorld {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	w := &randomWorld{seed: seed}
-	ensureSleeperImage(t)
-	sleeper, err := os.ReadFile(sleeperBin)
-	must(t, err)
+	harness.EnsureSleeperImage(t)
+	sleeper, err := os.ReadFile(harness.SleeperBin)
+	harness.Must(t, err)
 	// Images are dated an hour before or after now in their config; the cutoff falls after the
 	// first wave of containers, seconds from now.
 	base := time.Now()
@@ -59,18 +61,18 @@ func makeWorld(t *testing.T, seed uint64) *randomWorld {
 		if !im.old {
 			created = base.Add(time.Hour)
 		}
-		spec := imageSpec{created: created, files: map[string][]byte{"sleeper": sleeper, "data/" + randomHex(4): []byte(randomHex(512))}}
+		spec := fixtures.Image{Created: created, Files: map[string][]byte{"sleeper": sleeper, "data/" + fixtures.RandomHex(4): []byte(fixtures.RandomHex(512))}}
 		if im.lbl {
-			spec.labels = map[string]string{"dgp.tier": "scratch"}
+			spec.Labels = map[string]string{"dgp.tier": "scratch"}
 		}
 		switch {
 		case im.tagged:
-			spec.tag = "dgp-world:" + randomHex(4)
+			spec.Tag = "dgp-world:" + fixtures.RandomHex(4)
 		case !im.old:
-			spec.tag = "dgp-world-young:" + randomHex(4)
-			danglingLater = append(danglingLater, spec.tag)
+			spec.Tag = "dgp-world-young:" + fixtures.RandomHex(4)
+			danglingLater = append(danglingLater, spec.Tag)
 		}
-		im.id = loadImage(t, spec)
+		im.id = harness.LoadImage(t, spec)
 		w.images = append(w.images, im)
 	}
 	for i := 0; i < 1+rng.IntN(2); i++ {
@@ -83,20 +85,20 @@ func makeWorld(t *testing.T, seed uint64) *randomWorld {
 			if rng.IntN(3) != 0 {
 				c.image = rng.IntN(len(w.images))
 			}
-			spec := containerSpec{start: c.running}
+			spec := harness.Container{Start: c.running}
 			if c.image >= 0 {
-				spec.image = w.images[c.image].id
+				spec.Image = w.images[c.image].id
 			}
 			if c.lbl {
-				spec.labels = map[string]string{"dgp.tier": "scratch"}
+				spec.Labels = map[string]string{"dgp.tier": "scratch"}
 			}
 			if rng.IntN(3) == 0 {
-				spec.volume = w.volumes[rng.IntN(len(w.volumes))]
+				spec.Volume = w.volumes[rng.IntN(len(w.volumes))]
 			}
 			if c.running && rng.IntN(2) == 0 {
-				spec.network = w.networks[rng.IntN(len(w.networks))]
+				spec.Network = w.networks[rng.IntN(len(w.networks))]
 			}
-			c.id = makeContainer(t, spec)
+			c.id = harness.MakeContainer(t, spec)
 			w.containers = append(w.containers, c)
 		}
 	}
@@ -273,12 +275,12 @@ func TestConcurrentRuns(t *testing.T) {
 		}
 		for _, ph := range r.report.Phases {
 			for _, o := range ph.Objects {
-				if union[o.ID] && ph.Phase != plugin.PhaseBuildCache {
+				if union[o.ID] && ph.Phase != report.PhaseBuildCache {
 					t.Errorf("%s %s reported removed by two runs", ph.Phase, o.ID)
 				}
 				union[o.ID] = true
 			}
-			if ph.Status == plugin.StatusSkipped {
+			if ph.Status == report.StatusSkipped {
 				skipped++
 				if !strings.Contains(ph.Reason, "already running") {
 					t.Errorf("run %d: %s skipped for another reason: %s", i, ph.Phase, ph.Reason)

@@ -1,7 +1,9 @@
 // Package e2e runs the plugin binary, and the plugin image, against the real Docker Engine. Most
 // tests here prune the whole daemon, so they live in this one package and run one after another
-// (none is parallel); each creates the objects it relies on. Without an engine TestMain runs no
-// test and says so on stderr, unless DGP_REQUIRE_ENGINE=1 (CI), where a missing engine is a failure.
+// (none is parallel); each creates the objects it relies on. The CI clients' tests are in
+// e2e/ciclients; harness.Main keeps the two packages from running on one engine at once. Without
+// an engine TestMain runs no test and says so on stderr, unless DGP_REQUIRE_ENGINE=1 (CI), where a
+// missing engine is a failure.
 //
 // docs/testing.md maps each behaviour of the contract (docs/spec.md) to the tests that prove
 // it, here and in the packages' unit tests, and lists the behaviours no test proves yet.
@@ -9,65 +11,41 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/docker/docker/api/types/image"
-	"github.com/docker/docker/client"
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(setup(m))
-}
-
-func setup(m *testing.M) int {
-	var err error
-	api, err = client.NewClientWithOpts(client.FromEnv, client.WithAPIVersionNegotiation())
-	if err == nil {
-		c, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err = api.Ping(c)
-		cancel()
-	}
-	if err != nil {
-		if os.Getenv("DGP_REQUIRE_ENGINE") == "1" {
-			fmt.Fprintln(os.Stderr, "e2e: DGP_REQUIRE_ENGINE=1 but no Docker Engine answers:", err)
-			return 1
+	code := harness.Main(m, "e2e", "..", func() (func(), error) {
+		if v := os.Getenv(harness.NestedEnv); v != "" {
+			if err := flag.Set("test.run", harness.NestedRun); err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(os.Stderr, "e2e: %s=%s: inside the test pipeline the host's run started, only the short run %s\n", harness.NestedEnv, v, harness.NestedRun)
 		}
-		fmt.Fprintln(os.Stderr, "e2e: SKIPPING engine tests: no Docker Engine answers at", api.DaemonHost(), "-", err)
-		return 0
+		leave, err := fixtures.EnsureSwarm(context.Background(), harness.API)
+		if err != nil {
+			return nil, fmt.Errorf("swarm init failed: %w", err)
+		}
+		return func() {
+			if leave {
+				_ = harness.API.SwarmLeave(context.Background(), true)
+			}
+		}, nil
+	})
+	if dir := os.Getenv(harness.NestedEnv); dir != "" {
+		// What the host's test reads back: this was the short run, and how it ended.
+		report := fmt.Sprintf("run %s\nexit %d\n", harness.NestedRun, code)
+		if err := os.WriteFile(filepath.Join(dir, harness.NestedReport), []byte(report), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			code = 1
+		}
 	}
-	info, err := api.Info(context.Background())
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: GET /info:", err)
-		return 1
-	}
-	containerdStore = isContainerdStore(info)
-	fmt.Fprintf(os.Stderr, "e2e: Docker %s at %s, %s image store (%s)\n", info.ServerVersion, api.DaemonHost(), storeName(), info.Driver)
-	dir, err := os.MkdirTemp("", "dgp-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	pluginBin = filepath.Join(dir, "drone-gated-prune")
-	sleeperBin = filepath.Join(dir, "sleeper")
-	if err := fixtures.BuildStatic(map[string]string{pluginBin: "..", sleeperBin: "./testdata/sleeper"}, "e2e"); err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		return 1
-	}
-	leave, err := fixtures.EnsureSwarm(context.Background(), api)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e: swarm init failed:", err)
-		return 1
-	}
-	code := m.Run()
-	_, _ = api.ImageRemove(context.Background(), sleeperImage, image.RemoveOptions{Force: true})
-	if leave {
-		_ = api.SwarmLeave(context.Background(), true)
-	}
-	return code
+	os.Exit(code)
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
 )
 
 // faultProxy sits between the plugin and the real engine on a unix socket of its own. It passes
@@ -29,11 +31,6 @@ type faultProxy struct {
 	seen           chan string
 }
 
-func engineSocket() string {
-	host := api.DaemonHost()
-	return strings.TrimPrefix(host, "unix://")
-}
-
 var versionPrefix = regexp.MustCompile(`^/v[0-9.]+`)
 
 func route(r *http.Request) string {
@@ -42,12 +39,12 @@ func route(r *http.Request) string {
 
 func startProxy(t *testing.T, p *faultProxy) *faultProxy {
 	t.Helper()
-	if !strings.HasPrefix(api.DaemonHost(), "unix://") {
+	if !strings.HasPrefix(harness.API.DaemonHost(), "unix://") {
 		t.Skip("the fault proxy needs the engine on a unix socket")
 	}
 	sock := filepath.Join(t.TempDir(), "proxy.sock")
 	ln, err := net.Listen("unix", sock)
-	must(t, err)
+	harness.Must(t, err)
 	p.host = "unix://" + sock
 	p.seen = make(chan string, 100)
 	rp := &httputil.ReverseProxy{
@@ -55,7 +52,7 @@ func startProxy(t *testing.T, p *faultProxy) *faultProxy {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", "docker"
 		},
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", engineSocket())
+			return (&net.Dialer{}).DialContext(ctx, "unix", harness.EngineSocket())
 		}},
 		ModifyResponse: func(resp *http.Response) error {
 			if p.beforeResponse != nil {

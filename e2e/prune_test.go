@@ -11,7 +11,9 @@ import (
 	"github.com/docker/docker/api/types"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
-	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // fixtureSet is one of everything the policy must either remove or keep. "Old" objects are
@@ -31,28 +33,28 @@ type fixtureSet struct {
 func makeFixtures(t *testing.T) fixtureSet {
 	t.Helper()
 	var f fixtureSet
-	ensureSleeperImage(t)
+	harness.EnsureSleeperImage(t)
 	cacheBefore := buildCacheIDs(t)
 	buildCache(t)
-	f.oldDangling = danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	f.oldDangling = harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	f.oldRetagged, f.taggedOld = retagToDangling(t, time.Now().Add(-48*time.Hour))
-	f.usedByStopped = danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	f.usedByStopped = harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	f.vol = makeVolume(t)
 	f.net = makeNetwork(t)
-	f.oldStopped = makeContainer(t, containerSpec{volume: f.vol})
-	f.oldRunning = makeContainer(t, containerSpec{start: true, network: f.net})
+	f.oldStopped = harness.MakeContainer(t, harness.Container{Volume: f.vol})
+	f.oldRunning = harness.MakeContainer(t, harness.Container{Start: true, Network: f.net})
 
 	time.Sleep(1100 * time.Millisecond)
 	f.cutoff = time.Now().Truncate(time.Second)
 	time.Sleep(1100 * time.Millisecond)
 
-	f.youngDangling = danglingImage(t, time.Now(), nil)
-	f.youngStopped = makeContainer(t, containerSpec{image: f.usedByStopped})
+	f.youngDangling = harness.DanglingImage(t, time.Now(), nil)
+	f.youngStopped = harness.MakeContainer(t, harness.Container{Image: f.usedByStopped})
 	buildCache(t)
 	// Classify this fixture's build-cache records by the clock the prune compares, last use.
 	f.oldCache, f.youngCache = map[string]bool{}, map[string]bool{}
-	du, err := api.DiskUsage(ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
-	must(t, err)
+	du, err := harness.API.DiskUsage(harness.Ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
+	harness.Must(t, err)
 	for _, r := range du.BuildCache {
 		switch {
 		case cacheBefore[r.ID] || r.Shared || r.InUse:
@@ -74,28 +76,28 @@ func (f fixtureSet) until() string { return f.cutoff.UTC().Format(time.RFC3339) 
 func (f fixtureSet) checkPolicySet(t *testing.T, r result) {
 	t.Helper()
 	for _, id := range []string{f.oldDangling, f.oldRetagged} {
-		if exists(t, "image", id) {
+		if harness.Exists(t, "image", id) {
 			t.Errorf("old dangling image %s was not removed", id)
 		}
 	}
-	if exists(t, "container", f.oldStopped) {
+	if harness.Exists(t, "container", f.oldStopped) {
 		t.Errorf("old stopped container %s was not removed", f.oldStopped)
 	}
 	for what, id := range map[string]string{"tagged image": f.taggedOld, "image used by a stopped container": f.usedByStopped,
-		"young dangling image": f.youngDangling, "sleeper image": sleeperImage} {
-		if !exists(t, "image", id) {
+		"young dangling image": f.youngDangling, "sleeper image": harness.SleeperImage} {
+		if !harness.Exists(t, "image", id) {
 			t.Errorf("%s %s was removed", what, id)
 		}
 	}
 	for what, id := range map[string]string{"running container": f.oldRunning, "young stopped container": f.youngStopped} {
-		if !exists(t, "container", id) {
+		if !harness.Exists(t, "container", id) {
 			t.Errorf("%s %s was removed", what, id)
 		}
 	}
-	if !exists(t, "volume", f.vol) {
+	if !harness.Exists(t, "volume", f.vol) {
 		t.Errorf("volume %s was removed", f.vol)
 	}
-	if !exists(t, "network", f.net) {
+	if !harness.Exists(t, "network", f.net) {
 		t.Errorf("network %s was removed", f.net)
 	}
 	cache := buildCacheIDs(t)
@@ -106,20 +108,20 @@ func (f fixtureSet) checkPolicySet(t *testing.T, r result) {
 		}
 	}
 	if removedOld == 0 {
-		t.Errorf("no old build-cache record was removed (old records %v, left %v)", fmtSet(f.oldCache), fmtSet(cache))
+		t.Errorf("no old build-cache record was removed (old records %v, left %v)", harness.FmtSet(f.oldCache), harness.FmtSet(cache))
 	}
 	for id := range f.youngCache {
 		if !cache[id] {
 			t.Errorf("young build-cache record %s was removed", id)
 		}
 	}
-	if r.code != plugin.ExitOK || r.report.Decision != plugin.DecisionPruned {
-		t.Errorf("exit %d decision %q, want 0 and %q", r.code, r.report.Decision, plugin.DecisionPruned)
+	if r.code != outcome.ExitOK || r.report.Decision != report.DecisionPruned {
+		t.Errorf("exit %d decision %q, want 0 and %q", r.code, r.report.Decision, report.DecisionPruned)
 	}
-	if p, _ := r.report.Phase(plugin.PhaseImages); !phaseIDs(r.report, plugin.PhaseImages)[f.oldDangling] || p.Bytes == 0 {
+	if p, _ := r.report.Phase(report.PhaseImages); !harness.PhaseIDs(r.report, report.PhaseImages)[f.oldDangling] || p.Bytes == 0 {
 		t.Errorf("images phase does not report %s with bytes: %+v", f.oldDangling, p)
 	}
-	if !phaseIDs(r.report, plugin.PhaseContainers)[f.oldStopped] {
+	if !harness.PhaseIDs(r.report, report.PhaseContainers)[f.oldStopped] {
 		t.Errorf("containers phase does not report %s", f.oldStopped)
 	}
 }
@@ -132,8 +134,8 @@ func TestBelowThresholdRemovesNothing(t *testing.T) {
 	before := takeInventory(t)
 	r := runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "100", "PLUGIN_FAIL_ABOVE": "100", "PLUGIN_UNTIL": f.until()})
 	after := takeInventory(t)
-	if r.code != 0 || r.report.Decision != plugin.DecisionKeptCache {
-		t.Fatalf("exit %d decision %q, want 0 and %q", r.code, r.report.Decision, plugin.DecisionKeptCache)
+	if r.code != 0 || r.report.Decision != report.DecisionKeptCache {
+		t.Fatalf("exit %d decision %q, want 0 and %q", r.code, r.report.Decision, report.DecisionKeptCache)
 	}
 	for kind, pair := range map[string][2]map[string]bool{"images": {before.images, after.images}, "containers": {before.containers, after.containers},
 		"volumes": {before.volumes, after.volumes}, "networks": {before.networks, after.networks}, "build cache": {before.cache, after.cache}} {
@@ -146,7 +148,7 @@ func TestBelowThresholdRemovesNothing(t *testing.T) {
 	if !strings.Contains(r.stdout, "kept cache: below threshold") {
 		t.Errorf("summary does not say the cache was kept")
 	}
-	if len(r.report.Gates) != 1 || r.report.DiskBefore == nil || r.report.DiskBefore.Path != dataRoot(t) {
+	if len(r.report.Gates) != 1 || r.report.DiskBefore == nil || r.report.DiskBefore.Path != harness.DataRoot(t) {
 		t.Errorf("want only the disk gate measured on the data root, got %+v, disk %+v", r.report.Gates, r.report.DiskBefore)
 	}
 }
@@ -177,41 +179,41 @@ func TestPressurePrunesPolicySet(t *testing.T) {
 // (both stay), while one loaded before the duration goes; the summary says which clock it
 // compared. Proves SPEC "Settings" until (a duration); docs/engine.md "Image prune until".
 func TestDurationUntilOnImageCreated(t *testing.T) {
-	if containerdStore {
+	if harness.ContainerdStore {
 		durationUntilOnRecords(t)
 		return
 	}
-	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-	recent := danglingImage(t, time.Now().Add(-1*time.Hour), nil)
+	old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	recent := harness.DanglingImage(t, time.Now().Add(-1*time.Hour), nil)
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "24h"})
-	if r.code != 0 || exists(t, "image", old) || !exists(t, "image", recent) {
-		t.Fatalf("exit %d; 48h-old image exists=%v (want false), 1h-old exists=%v (want true)", r.code, exists(t, "image", old), exists(t, "image", recent))
+	if r.code != 0 || harness.Exists(t, "image", old) || !harness.Exists(t, "image", recent) {
+		t.Fatalf("exit %d; 48h-old image exists=%v (want false), 1h-old exists=%v (want true)", r.code, harness.Exists(t, "image", old), harness.Exists(t, "image", recent))
 	}
-	if p, _ := r.report.Phase(plugin.PhaseImages); !strings.Contains(p.Clock, "config created") {
+	if p, _ := r.report.Phase(report.PhaseImages); !strings.Contains(p.Clock, "config created") {
 		t.Errorf("images phase says until compared %q, want the config's created time", p.Clock)
 	}
 }
 
 func durationUntilOnRecords(t *testing.T) {
-	loadedEarlier := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	loadedEarlier := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	time.Sleep(4 * time.Second)
-	loadedNow := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	loadedNow := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "24h"})
-	if r.code != 0 || !exists(t, "image", loadedEarlier) || !exists(t, "image", loadedNow) {
+	if r.code != 0 || !harness.Exists(t, "image", loadedEarlier) || !harness.Exists(t, "image", loadedNow) {
 		t.Fatalf("until 24h: exit %d; images backdated 48 h but loaded seconds ago kept: %v, %v (want both)",
-			r.code, exists(t, "image", loadedEarlier), exists(t, "image", loadedNow))
+			r.code, harness.Exists(t, "image", loadedEarlier), harness.Exists(t, "image", loadedNow))
 	}
-	p, _ := r.report.Phase(plugin.PhaseImages)
+	p, _ := r.report.Phase(report.PhaseImages)
 	if !strings.HasPrefix(r.report.Store, "containerd") || strings.Contains(p.Clock, "(build time)") || !strings.Contains(p.Clock, "record") {
 		t.Errorf("store %q, images phase says until compared %q; want the containerd store and the record's time named", r.report.Store, p.Clock)
 	}
 	// 2s: the image loaded 4 s before the other is old, the one loaded just now is not.
 	r = runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "2s"})
-	if r.code != 0 || exists(t, "image", loadedEarlier) || !exists(t, "image", loadedNow) {
+	if r.code != 0 || harness.Exists(t, "image", loadedEarlier) || !harness.Exists(t, "image", loadedNow) {
 		t.Fatalf("until 2s: exit %d; image loaded 4 s earlier exists=%v (want false), loaded just now exists=%v (want true)",
-			r.code, exists(t, "image", loadedEarlier), exists(t, "image", loadedNow))
+			r.code, harness.Exists(t, "image", loadedEarlier), harness.Exists(t, "image", loadedNow))
 	}
-	if !phaseIDs(r.report, plugin.PhaseImages)[loadedEarlier] {
+	if !harness.PhaseIDs(r.report, report.PhaseImages)[loadedEarlier] {
 		t.Errorf("images phase does not report %s", loadedEarlier)
 	}
 }
@@ -225,22 +227,22 @@ func TestLiveRunSkips(t *testing.T) {
 		want  string
 	}{
 		"compose project": {func(t *testing.T) {
-			makeContainer(t, containerSpec{start: true, labels: map[string]string{gates.ComposeProjectLabel: "ci-run-41"}})
+			harness.MakeContainer(t, harness.Container{Start: true, Labels: map[string]string{gates.ComposeProjectLabel: "ci-run-41"}})
 		}, `compose project "ci-run-41"`},
 		"container name": {func(t *testing.T) {
-			makeContainer(t, containerSpec{start: true, name: "ci-run-42-db"})
+			harness.MakeContainer(t, harness.Container{Start: true, Name: "ci-run-42-db"})
 		}, `container "ci-run-42-db"`},
 		"swarm stack": {func(t *testing.T) {
 			makeService(t, serviceSpec{name: "ci-run-43_web", replicas: 1, labels: map[string]string{gates.StackNamespaceLabel: "ci-run-43"}})
 		}, `swarm stack "ci-run-43"`},
 		"run label": {func(t *testing.T) {
-			makeContainer(t, containerSpec{start: true, labels: map[string]string{"io.drone.build.number": "7", "io.drone.repo.slug": "other/repo"}})
+			harness.MakeContainer(t, harness.Container{Start: true, Labels: map[string]string{"io.drone.build.number": "7", "io.drone.repo.slug": "other/repo"}})
 		}, "carries run label io.drone.build.number"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {
-			old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-			stopped := makeContainer(t, containerSpec{})
+			old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+			stopped := harness.MakeContainer(t, harness.Container{})
 			c.setup(t)
 			time.Sleep(1100 * time.Millisecond)
 			before := takeInventory(t)
@@ -254,7 +256,7 @@ func TestLiveRunSkips(t *testing.T) {
 			if !strings.Contains(r.stdout, c.want) {
 				t.Errorf("summary does not name %s", c.want)
 			}
-			if !exists(t, "image", old) || !exists(t, "container", stopped) || len(after.images) < len(before.images) || len(after.containers) < len(before.containers) {
+			if !harness.Exists(t, "image", old) || !harness.Exists(t, "container", stopped) || len(after.images) < len(before.images) || len(after.containers) < len(before.containers) {
 				t.Errorf("something was removed while a run was live")
 			}
 		})
@@ -262,14 +264,14 @@ func TestLiveRunSkips(t *testing.T) {
 }
 
 // The plugin's own build (DRONE_REPO + DRONE_BUILD_NUMBER) does not count as a live run. The own
-// build is me/prune 9, or the enclosing build when the tests run in a Drone step (droneBuildAs).
+// build is me/prune 9, or the enclosing build when the tests run in a Drone step (harness.DroneBuildAs).
 // Proves SPEC "Settings" run_labels (own build ignored); docs/usage.md "2. Post-run cleanup".
 func TestOwnBuildIgnored(t *testing.T) {
-	slug, n := droneBuildAs("me/prune", 9)
-	makeContainer(t, containerSpec{start: true, labels: map[string]string{"io.drone.build.number": strconv.Itoa(n), "io.drone.repo.slug": slug}})
+	slug, n := harness.DroneBuildAs("me/prune", 9)
+	harness.MakeContainer(t, harness.Container{Start: true, Labels: map[string]string{"io.drone.build.number": strconv.Itoa(n), "io.drone.repo.slug": slug}})
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true", "PLUGIN_RUN_LABELS": "io.drone.build.number",
 		"DRONE_REPO": slug, "DRONE_BUILD_NUMBER": strconv.Itoa(n)})
-	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun {
+	if r.code != 0 || r.report.Decision != report.DecisionDryRun {
 		t.Fatalf("exit %d decision %q: own build held the gate", r.code, r.report.Decision)
 	}
 }
@@ -277,17 +279,17 @@ func TestOwnBuildIgnored(t *testing.T) {
 // A service that cannot reach its replicas skips the prune, and the summary gives its
 // running/desired counts. Proves SPEC "The run" 4 and 5; docs/usage.md "What it does" 4 and 5.
 func TestUnconvergedServiceSkips(t *testing.T) {
-	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	makeService(t, serviceSpec{name: "dgp-unplaceable", replicas: 2, constraints: []string{"node.labels.dgp-nowhere==true"}})
 	// The image is older than until on both stores, so a prune that ran would remove it.
-	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": rfc3339(waitPastCutoff())})
+	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": harness.RFC3339(harness.WaitPastCutoff())})
 	if r.code != 0 || r.report.Decision != "skipped: "+gates.NoConvergeGate {
 		t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
 	}
 	if !strings.Contains(r.stdout, "service dgp-unplaceable has 0/2 tasks running") {
 		t.Errorf("summary does not show running/desired")
 	}
-	if !exists(t, "image", old) {
+	if !harness.Exists(t, "image", old) {
 		t.Errorf("image removed while a service was converging")
 	}
 }
@@ -295,14 +297,14 @@ func TestUnconvergedServiceSkips(t *testing.T) {
 // A restarting container and a health check still starting both hold the no-converge gate.
 // Proves SPEC "The run" 4 (containers); docs/usage.md "What it does" 4.
 func TestConvergingContainersSkip(t *testing.T) {
-	for name, spec := range map[string]containerSpec{
-		"restarting": {start: true, restart: true, cmd: []string{"/sleeper", "exit"}},
-		"health":     {start: true, health: true},
+	for name, spec := range map[string]harness.Container{
+		"restarting": {Start: true, Restart: true, Cmd: []string{"/sleeper", "exit"}},
+		"health":     {Start: true, Health: true},
 	} {
 		t.Run(name, func(t *testing.T) {
-			id := makeContainer(t, spec)
-			if name == "restarting" && !waitFor(t, 10*time.Second, "container "+id[:12]+" is restarting", func() (bool, error) {
-				c, err := api.ContainerInspect(ctx(), id)
+			id := harness.MakeContainer(t, spec)
+			if name == "restarting" && !harness.WaitFor(t, 10*time.Second, "container "+id[:12]+" is restarting", func() (bool, error) {
+				c, err := harness.API.ContainerInspect(harness.Ctx(), id)
 				return err == nil && c.State != nil && c.State.Restarting, err
 			}) {
 				t.FailNow()
@@ -318,17 +320,17 @@ func TestConvergingContainersSkip(t *testing.T) {
 // wait: a gate closed by a live run is re-checked until the run stops, then the run goes on (a dry
 // run here). Proves SPEC "Settings" wait and "The run" 5; docs/usage.md "What it does" 5.
 func TestWaitForGate(t *testing.T) {
-	live := makeContainer(t, containerSpec{start: true, name: "ci-run-77-app"})
+	live := harness.MakeContainer(t, harness.Container{Start: true, Name: "ci-run-77-app"})
 	stopped := make(chan error, 1)
 	go func() {
 		time.Sleep(2 * time.Second)
-		stopped <- api.ContainerStop(ctx(), live, containerStopOptions())
+		stopped <- harness.API.ContainerStop(harness.Ctx(), live, containerStopOptions())
 	}()
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true", "PLUGIN_STACK_PATTERN": "^ci-run-", "PLUGIN_WAIT": "30s"})
 	if err := <-stopped; err != nil {
 		t.Fatalf("stopping the live run during wait: %v", err)
 	}
-	if r.code != 0 || r.report.Decision != plugin.DecisionDryRun {
+	if r.code != 0 || r.report.Decision != report.DecisionDryRun {
 		t.Fatalf("exit %d decision %q, want the gate to open within wait", r.code, r.report.Decision)
 	}
 	if r.elapsed < 2*time.Second || r.elapsed > 20*time.Second {
@@ -343,7 +345,7 @@ func TestDryRunMatchesRealRun(t *testing.T) {
 	env := map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": f.until()}
 	before := takeInventory(t)
 	dry := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": f.until(), "PLUGIN_DRY_RUN": "true"})
-	if dry.code != 0 || dry.report.Decision != plugin.DecisionDryRun {
+	if dry.code != 0 || dry.report.Decision != report.DecisionDryRun {
 		t.Fatalf("dry run exit %d decision %q", dry.code, dry.report.Decision)
 	}
 	mid := takeInventory(t)
@@ -358,8 +360,8 @@ func TestDryRunMatchesRealRun(t *testing.T) {
 		}
 	}
 	real := runPlugin(t, env)
-	for _, phase := range []string{plugin.PhaseContainers, plugin.PhaseImages, plugin.PhaseBuildCache} {
-		want, got := phaseIDs(dry.report, phase), phaseIDs(real.report, phase)
+	for _, phase := range []string{report.PhaseContainers, report.PhaseImages, report.PhaseBuildCache} {
+		want, got := harness.PhaseIDs(dry.report, phase), harness.PhaseIDs(real.report, phase)
 		if len(want) == 0 {
 			t.Errorf("%s: dry run listed nothing; the fixtures should give it something", phase)
 		}
@@ -373,10 +375,10 @@ func TestDryRunMatchesRealRun(t *testing.T) {
 // labels narrows the container and image prunes and skips the build-cache phase.
 // Proves SPEC "Settings" labels and "The run" 6; docs/usage.md "What it does" 6.
 func TestLabelsNarrowAndSkipBuildCache(t *testing.T) {
-	in := danglingImage(t, time.Now().Add(-48*time.Hour), map[string]string{"ci.tier": "scratch"})
-	out := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-	inC := makeContainer(t, containerSpec{labels: map[string]string{"ci.tier": "scratch"}})
-	outC := makeContainer(t, containerSpec{})
+	in := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), map[string]string{"ci.tier": "scratch"})
+	out := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	inC := harness.MakeContainer(t, harness.Container{Labels: map[string]string{"ci.tier": "scratch"}})
+	outC := harness.MakeContainer(t, harness.Container{})
 	// This test's own build-cache records: old enough for the until below, so a build-cache
 	// phase that ran would remove them. (Records of earlier tests are left out: the engine drops
 	// some of them by itself once their images are removed.)
@@ -395,12 +397,12 @@ func TestLabelsNarrowAndSkipBuildCache(t *testing.T) {
 	time.Sleep(2100 * time.Millisecond)
 	r := runPlugin(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_LABELS": "ci.tier=scratch",
 		"PLUGIN_UNTIL": time.Now().Add(-time.Second).UTC().Format(time.RFC3339)})
-	if r.code != 0 || exists(t, "image", in) || exists(t, "container", inC) || !exists(t, "image", out) || !exists(t, "container", outC) {
+	if r.code != 0 || harness.Exists(t, "image", in) || harness.Exists(t, "container", inC) || !harness.Exists(t, "image", out) || !harness.Exists(t, "container", outC) {
 		t.Fatalf("exit %d; labelled image/container gone: %v/%v (want true); unlabelled kept: %v/%v (want true)",
-			r.code, !exists(t, "image", in), !exists(t, "container", inC), exists(t, "image", out), exists(t, "container", outC))
+			r.code, !harness.Exists(t, "image", in), !harness.Exists(t, "container", inC), harness.Exists(t, "image", out), harness.Exists(t, "container", outC))
 	}
-	p, _ := r.report.Phase(plugin.PhaseBuildCache)
-	if p.Status != plugin.StatusSkipped || !strings.Contains(p.Reason, "ignores labels") {
+	p, _ := r.report.Phase(report.PhaseBuildCache)
+	if p.Status != report.StatusSkipped || !strings.Contains(p.Reason, "ignores labels") {
 		t.Errorf("build-cache phase %+v, want skipped because of labels", p)
 	}
 	after := buildCacheIDs(t)

@@ -9,7 +9,8 @@ import (
 	"github.com/docker/docker/api/types/image"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
-	"github.com/drone-gated-prune/drone-gated-prune/plugin"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
 // Image pruning versus a pull in flight (SPEC "The run" 6; docs/engine.md "Pulls in flight"): on
@@ -22,9 +23,11 @@ import (
 // returns the pull's outcome and whether the pull was still running when during returned.
 func pullDuring(t *testing.T, ref string, during func()) (pullErr error, overlapped bool) {
 	t.Helper()
-	t.Cleanup(func() { _, _ = api.ImageRemove(ctx(), ref, image.RemoveOptions{Force: true, PruneChildren: true}) })
+	t.Cleanup(func() {
+		_, _ = harness.API.ImageRemove(harness.Ctx(), ref, image.RemoveOptions{Force: true, PruneChildren: true})
+	})
 	done := make(chan error, 1)
-	go func() { done <- fixtures.Pull(ctx(), api, ref) }()
+	go func() { done <- fixtures.Pull(harness.Ctx(), harness.API, ref) }()
 	time.Sleep(300 * time.Millisecond)
 	during()
 	select {
@@ -38,11 +41,11 @@ func pullDuring(t *testing.T, ref string, during func()) (pullErr error, overlap
 // bigImage serves a 3-layer image of 120 MB, slow enough to pull that a prune lands in the middle.
 func bigImage(t *testing.T) (*fixtures.Registry, func(tag string) string) {
 	reg, err := fixtures.StartRegistry()
-	must(t, err)
+	harness.Must(t, err)
 	t.Cleanup(func() { _ = reg.Close() })
 	return reg, func(tag string) string {
 		ref, err := reg.PushBase("big/pull", tag, 3, 40<<20)
-		must(t, err)
+		harness.Must(t, err)
 		return ref
 	}
 }
@@ -55,7 +58,7 @@ func TestPullDuringImagePhase(t *testing.T) {
 	ref := push("plugin")
 	release := reg.Hold()
 	t.Cleanup(release)
-	old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	time.Sleep(1100 * time.Millisecond) // on the containerd store the load time is what counts
 	until := time.Now().Add(-100 * time.Millisecond).UTC().Format(time.RFC3339Nano)
 	var r result
@@ -71,11 +74,11 @@ func TestPullDuringImagePhase(t *testing.T) {
 	if pullErr != nil {
 		t.Fatalf("the pull running during the plugin's run failed: %v", pullErr)
 	}
-	images, _ := r.report.Phase(plugin.PhaseImages)
-	if r.code != 0 || images.Status != plugin.StatusRemoved || exists(t, "image", old) {
-		t.Fatalf("exit %d, image phase %s; the old dangling image was removed: %v", r.code, images.Status, !exists(t, "image", old))
+	images, _ := r.report.Phase(report.PhaseImages)
+	if r.code != 0 || images.Status != report.StatusRemoved || harness.Exists(t, "image", old) {
+		t.Fatalf("exit %d, image phase %s; the old dangling image was removed: %v", r.code, images.Status, !harness.Exists(t, "image", old))
 	}
-	if containerdStore && !strings.Contains(images.Reason, "one by one") {
+	if harness.ContainerdStore && !strings.Contains(images.Reason, "one by one") {
 		t.Errorf("on the containerd store the image phase must delete one by one: %q", images.Reason)
 	}
 }
@@ -84,16 +87,16 @@ func TestPullDuringImagePhase(t *testing.T) {
 // prune` sends) during a pull makes the pull fail. If this stops holding, the engine has fixed
 // moby/moby#53321 and the one-by-one deletes can be revisited.
 func TestEnginePruneBreaksPullOnContainerdStore(t *testing.T) {
-	if !containerdStore {
+	if !harness.ContainerdStore {
 		t.Skip("classic image store: its image prune does not touch pulls in flight (docs/engine.md)")
 	}
 	_, push := bigImage(t)
 	failed := 0
 	for try := range 3 {
-		ref := push(randomHex(4))
+		ref := push(fixtures.RandomHex(4))
 		pullErr, overlapped := pullDuring(t, ref, func() {
-			_, err := api.ImagesPrune(ctx(), filters.NewArgs(filters.Arg("dangling", "true"), filters.Arg("until", "1s")))
-			must(t, err)
+			_, err := harness.API.ImagesPrune(harness.Ctx(), filters.NewArgs(filters.Arg("dangling", "true"), filters.Arg("until", "1s")))
+			harness.Must(t, err)
 		})
 		t.Logf("try %d: pull still running after the prune %v, pull error %v", try, overlapped, pullErr)
 		// The pull started first and succeeds on its own (TestPullDuringImagePhase, the warmth

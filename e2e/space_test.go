@@ -9,6 +9,9 @@ import (
 
 	"github.com/docker/docker/api/types"
 
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
 
@@ -19,20 +22,20 @@ import (
 // label!= to the engine, and still there after a real run; their unlabelled twins go.
 func TestKeepLabel(t *testing.T) {
 	keep := map[string]string{plugin.KeepLabel: "true"}
-	keptImage := danglingImage(t, time.Now().Add(-48*time.Hour), keep)
-	goneImage := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-	keptContainer := makeContainer(t, containerSpec{labels: keep})
-	goneContainer := makeContainer(t, containerSpec{})
+	keptImage := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), keep)
+	goneImage := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	keptContainer := harness.MakeContainer(t, harness.Container{Labels: keep})
+	goneContainer := harness.MakeContainer(t, harness.Container{})
 	time.Sleep(1100 * time.Millisecond)
 	env := map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": time.Now().Add(-100 * time.Millisecond).UTC().Format(time.RFC3339Nano)}
 
 	env["PLUGIN_DRY_RUN"] = "true"
 	plan := runPlugin(t, env)
-	images, containers := phaseIDs(plan.report, plugin.PhaseImages), phaseIDs(plan.report, plugin.PhaseContainers)
+	images, containers := harness.PhaseIDs(plan.report, report.PhaseImages), harness.PhaseIDs(plan.report, report.PhaseContainers)
 	if images[keptImage] || containers[keptContainer] || !images[goneImage] || !containers[goneContainer] {
-		t.Fatalf("plan: images %v containers %v; want the unlabelled image and container only", fmtSet(images), fmtSet(containers))
+		t.Fatalf("plan: images %v containers %v; want the unlabelled image and container only", harness.FmtSet(images), harness.FmtSet(containers))
 	}
-	for _, phase := range []string{plugin.PhaseContainers, plugin.PhaseImages} {
+	for _, phase := range []string{report.PhaseContainers, report.PhaseImages} {
 		p, _ := plan.report.Phase(phase)
 		if !slices.Contains(p.Filters, "label!="+plugin.KeepLabel) || !strings.Contains(plan.stdout, "label!="+plugin.KeepLabel) {
 			t.Errorf("%s phase does not show the keep filter: %v", phase, p.Filters)
@@ -41,16 +44,16 @@ func TestKeepLabel(t *testing.T) {
 
 	delete(env, "PLUGIN_DRY_RUN")
 	r := runPlugin(t, env)
-	if r.code != 0 || !exists(t, "image", keptImage) || !exists(t, "container", keptContainer) || exists(t, "image", goneImage) || exists(t, "container", goneContainer) {
+	if r.code != 0 || !harness.Exists(t, "image", keptImage) || !harness.Exists(t, "container", keptContainer) || harness.Exists(t, "image", goneImage) || harness.Exists(t, "container", goneContainer) {
 		t.Fatalf("exit %d; kept image %v, kept container %v, unlabelled image gone %v, unlabelled container gone %v",
-			r.code, exists(t, "image", keptImage), exists(t, "container", keptContainer), !exists(t, "image", goneImage), !exists(t, "container", goneContainer))
+			r.code, harness.Exists(t, "image", keptImage), harness.Exists(t, "container", keptContainer), !harness.Exists(t, "image", goneImage), !harness.Exists(t, "container", goneContainer))
 	}
 }
 
 // prunableCacheBytes adds up the build cache a prune without --all may remove.
 func prunableCacheBytes(t *testing.T) (int64, int) {
-	du, err := api.DiskUsage(ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
-	must(t, err)
+	du, err := harness.API.DiskUsage(harness.Ctx(), types.DiskUsageOptions{Types: []types.DiskUsageObject{types.BuildCacheObject}})
+	harness.Must(t, err)
 	var bytes int64
 	n := 0
 	for _, r := range du.BuildCache {
@@ -76,14 +79,14 @@ func TestBuildCacheBudget(t *testing.T) {
 
 	env["PLUGIN_BUILD_CACHE_BUDGET"] = "1000GB"
 	r := runPlugin(t, env)
-	if p, _ := r.report.Phase(plugin.PhaseBuildCacheBudget); p.Status != plugin.StatusSkipped || !strings.Contains(p.Reason, "within build_cache_budget") {
+	if p, _ := r.report.Phase(report.PhaseBuildCacheBudget); p.Status != report.StatusSkipped || !strings.Contains(p.Reason, "within build_cache_budget") {
 		t.Fatalf("a budget larger than the cache: phase %+v", p)
 	}
 
 	env["PLUGIN_BUILD_CACHE_BUDGET"] = "1"
 	env["PLUGIN_DRY_RUN"] = "true"
 	r = runPlugin(t, env)
-	if p, _ := r.report.Phase(plugin.PhaseBuildCacheBudget); p.Status != plugin.StatusWouldRemove || p.Bytes == 0 {
+	if p, _ := r.report.Phase(report.PhaseBuildCacheBudget); p.Status != report.StatusWouldRemove || p.Bytes == 0 {
 		t.Fatalf("dry run over budget: phase %+v", p)
 	}
 	if after, _ := prunableCacheBytes(t); after != before {
@@ -92,10 +95,10 @@ func TestBuildCacheBudget(t *testing.T) {
 
 	delete(env, "PLUGIN_DRY_RUN")
 	r = runPlugin(t, env)
-	cache, _ := r.report.Phase(plugin.PhaseBuildCache)
-	budget, _ := r.report.Phase(plugin.PhaseBuildCacheBudget)
+	cache, _ := r.report.Phase(report.PhaseBuildCache)
+	budget, _ := r.report.Phase(report.PhaseBuildCacheBudget)
 	after, left := prunableCacheBytes(t)
-	if r.code != 0 || cache.Count != 0 || budget.Status != plugin.StatusRemoved || budget.Count == 0 || after > 1 {
+	if r.code != 0 || cache.Count != 0 || budget.Status != report.StatusRemoved || budget.Count == 0 || after > 1 {
 		t.Fatalf("exit %d; build_cache phase removed %d (want 0: all younger than until); budget phase %s %d objects %d bytes; %d prunable bytes in %d records left (want at most 1 byte)",
 			r.code, cache.Count, budget.Status, budget.Count, budget.Bytes, after, left)
 	}
@@ -107,8 +110,8 @@ func TestBuildCacheBudget(t *testing.T) {
 func TestAdviceWhenStillUnderPressure(t *testing.T) {
 	payload := make([]byte, 24<<20)
 	_, _ = rand.Read(payload)
-	tag := "dgp-big:" + randomHex(4)
-	big := loadImage(t, imageSpec{tag: tag, created: time.Now().Add(-72 * time.Hour), files: map[string][]byte{"payload": payload}})
+	tag := "dgp-big:" + fixtures.RandomHex(4)
+	big := harness.LoadImage(t, fixtures.Image{Tag: tag, Created: time.Now().Add(-72 * time.Hour), Files: map[string][]byte{"payload": payload}})
 
 	r := runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "1", "PLUGIN_FAIL_ABOVE": "100"})
 	if r.code != 0 || r.report.Advice == nil {
@@ -118,7 +121,7 @@ func TestAdviceWhenStillUnderPressure(t *testing.T) {
 	for _, im := range r.report.Advice.UnusedTagged {
 		names[im.ID] = true
 	}
-	if !names[big] || !strings.Contains(r.stdout, tag) || !strings.Contains(r.stdout, "nothing here is removed") || !exists(t, "image", big) {
+	if !names[big] || !strings.Contains(r.stdout, tag) || !strings.Contains(r.stdout, "nothing here is removed") || !harness.Exists(t, "image", big) {
 		t.Fatalf("advice %+v does not name %s, or the text lacks it, or it was removed", r.report.Advice, tag)
 	}
 
@@ -127,7 +130,7 @@ func TestAdviceWhenStillUnderPressure(t *testing.T) {
 		t.Fatalf("forced below the threshold, the run must not give advice: %+v", r.report.Advice)
 	}
 	r = runPlugin(t, map[string]string{"PLUGIN_THRESHOLD": "100", "PLUGIN_FAIL_ABOVE": "100"})
-	if r.report.Decision != plugin.DecisionKeptCache || r.report.Advice != nil {
+	if r.report.Decision != report.DecisionKeptCache || r.report.Advice != nil {
 		t.Fatalf("the daily no-op must not look for advice: decision %q advice %+v", r.report.Decision, r.report.Advice)
 	}
 }

@@ -1,4 +1,4 @@
-package e2e
+package ciclients
 
 import (
 	"bytes"
@@ -7,7 +7,6 @@ import (
 	"errors"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -15,57 +14,25 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
-	"github.com/docker/docker/api/types/image"
-	"github.com/docker/docker/client"
 	"github.com/docker/docker/pkg/stdcopy"
 	"gopkg.in/yaml.v2"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/droneenv"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
-
-const pluginImageTag = "dgp-plugin:e2e"
-
-// buildPluginImage builds the image from a host-built binary (scripts/build-image.sh: the
-// Dockerfile's `host` target, no pull) and returns its size in bytes.
-func buildPluginImage(t *testing.T) int64 {
-	t.Helper()
-	cmd := exec.Command("sh", "../scripts/build-image.sh", pluginImageTag, "e2e-image")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("building the image: %v\n%s", err, out)
-	}
-	t.Cleanup(func() {
-		_, _ = api.ImageRemove(ctx(), pluginImageTag, image.RemoveOptions{Force: true, PruneChildren: true})
-	})
-	if !containerdStore {
-		inspect, err := api.ImageInspect(ctx(), pluginImageTag)
-		must(t, err)
-		return inspect.Size
-	}
-	// The containerd store's Size adds the compressed blobs it keeps beside the unpacked layers;
-	// the unpacked size is the one the classic store gives.
-	inspect, err := api.ImageInspect(ctx(), pluginImageTag, client.ImageInspectWithManifests(true))
-	must(t, err)
-	var unpacked int64
-	for _, m := range inspect.Manifests {
-		if m.Kind == image.ManifestKindImage && m.Available && m.ImageData != nil {
-			unpacked += m.ImageData.Size.Unpacked
-		}
-	}
-	t.Logf("containerd store: Size %d bytes, unpacked %d bytes", inspect.Size, unpacked)
-	if unpacked <= 0 {
-		t.Fatalf("the containerd store gives no unpacked size for %s: %+v", pluginImageTag, inspect.Manifests)
-	}
-	return unpacked
-}
 
 // droneDoc is one pipeline of a .drone.yml, as far as the tests read it.
 type droneDoc struct {
 	Name  string `yaml:"name"`
 	Steps []struct {
-		Image    string      `yaml:"image"`
-		Settings map[any]any `yaml:"settings"`
+		Name        string            `yaml:"name"`
+		Image       string            `yaml:"image"`
+		Settings    map[any]any       `yaml:"settings"`
+		Environment map[string]string `yaml:"environment"`
 	} `yaml:"steps"`
 }
 
@@ -79,7 +46,7 @@ func dronePipelines(t *testing.T, data []byte) []droneDoc {
 		if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
 			return docs
 		} else {
-			must(t, err)
+			harness.Must(t, err)
 		}
 		docs = append(docs, doc)
 	}
@@ -88,8 +55,8 @@ func dronePipelines(t *testing.T, data []byte) []droneDoc {
 // stepSettings reads one plugin step's settings from .drone.yml and encodes them by Drone's rules.
 func stepSettings(t *testing.T, pipeline string) map[string]string {
 	t.Helper()
-	data, err := os.ReadFile("../.drone.yml")
-	must(t, err)
+	data, err := os.ReadFile(filepath.Join(harness.Root, ".drone.yml"))
+	harness.Must(t, err)
 	for _, doc := range dronePipelines(t, data) {
 		if doc.Name != pipeline {
 			continue
@@ -97,7 +64,7 @@ func stepSettings(t *testing.T, pipeline string) map[string]string {
 		for _, s := range doc.Steps {
 			if strings.Contains(s.Image, "drone-gated-prune") {
 				env, err := droneenv.Encode(s.Settings, nil)
-				must(t, err)
+				harness.Must(t, err)
 				return env
 			}
 		}
@@ -110,7 +77,7 @@ func stepSettings(t *testing.T, pipeline string) map[string]string {
 type containerRun struct {
 	code           int
 	stdout, stderr string
-	report         plugin.Report
+	report         report.Report
 }
 
 // runImage runs the plugin image as drone-runner-docker runs a plugin step: the host socket
@@ -123,13 +90,15 @@ func runImage(t *testing.T, env map[string]string, labels map[string]string, out
 		environ = append(environ, k+"="+v)
 	}
 	environ = append(environ, "PLUGIN_SUMMARY_FILE=/out/summary.json")
-	labels[fixtureLabel] = "true"
-	created, err := api.ContainerCreate(ctx(), &container.Config{Image: pluginImageTag, Env: environ, Labels: labels},
+	labels[fixtures.Label] = "true"
+	created, err := harness.API.ContainerCreate(harness.Ctx(), &container.Config{Image: harness.PluginImageTag, Env: environ, Labels: labels},
 		&container.HostConfig{Binds: []string{"/var/run/docker.sock:/var/run/docker.sock", outDir + ":/out"}}, nil, nil, "")
-	must(t, err)
-	defer func() { _ = api.ContainerRemove(ctx(), created.ID, container.RemoveOptions{Force: true}) }()
-	must(t, api.ContainerStart(ctx(), created.ID, container.StartOptions{}))
-	waitC, errC := api.ContainerWait(ctx(), created.ID, container.WaitConditionNotRunning)
+	harness.Must(t, err)
+	defer func() {
+		_ = harness.API.ContainerRemove(harness.Ctx(), created.ID, container.RemoveOptions{Force: true})
+	}()
+	harness.Must(t, harness.API.ContainerStart(harness.Ctx(), created.ID, container.StartOptions{}))
+	waitC, errC := harness.API.ContainerWait(harness.Ctx(), created.ID, container.WaitConditionNotRunning)
 	var r containerRun
 	select {
 	case w := <-waitC:
@@ -139,15 +108,15 @@ func runImage(t *testing.T, env map[string]string, labels map[string]string, out
 	case <-time.After(2 * time.Minute):
 		t.Fatal("plugin container did not finish")
 	}
-	logs, err := api.ContainerLogs(ctx(), created.ID, container.LogsOptions{ShowStdout: true, ShowStderr: true})
-	must(t, err)
+	logs, err := harness.API.ContainerLogs(harness.Ctx(), created.ID, container.LogsOptions{ShowStdout: true, ShowStderr: true})
+	harness.Must(t, err)
 	var stdout, stderr bytes.Buffer
 	_, err = stdcopy.StdCopy(&stdout, &stderr, logs)
 	logs.Close()
-	must(t, err)
+	harness.Must(t, err)
 	r.stdout, r.stderr = stdout.String(), stderr.String()
 	if data, err := os.ReadFile(filepath.Join(outDir, "summary.json")); err == nil {
-		must(t, json.Unmarshal(data, &r.report))
+		harness.Must(t, json.Unmarshal(data, &r.report))
 	}
 	t.Logf("image exit %d\nstdout:\n%s\nstderr:\n%s", r.code, strings.ReplaceAll(r.stdout, "\x1b", "ESC"), r.stderr)
 	return r
@@ -169,23 +138,23 @@ func decodeCard(t *testing.T, stdout string) map[string]any {
 		t.Fatal("card has no terminator")
 	}
 	raw, err := base64.StdEncoding.DecodeString(rest[:end])
-	must(t, err)
+	harness.Must(t, err)
 	var card struct {
 		Schema string         `json:"schema"`
 		Data   map[string]any `json:"data"`
 	}
-	must(t, json.Unmarshal(raw, &card))
-	if card.Schema != plugin.CardSchema {
+	harness.Must(t, json.Unmarshal(raw, &card))
+	if card.Schema != report.CardSchema {
 		t.Errorf("card schema %q", card.Schema)
 	}
 	return card.Data
 }
 
 // droneEnv and droneLabels describe the plugin's step as part of build 101 of acme/ci-host, or,
-// when the tests run inside a Drone step, of the enclosing build (droneBuildAs), whose running
+// when the tests run inside a Drone step, of the enclosing build (harness.DroneBuildAs), whose running
 // test step would otherwise be another build's live run.
 func droneEnv(event string, extra map[string]string) map[string]string {
-	slug, number := droneBuildAs("acme/ci-host", 101)
+	slug, number := harness.DroneBuildAs("acme/ci-host", 101)
 	owner, name, _ := strings.Cut(slug, "/")
 	env := map[string]string{"CI": "true", "DRONE": "true", "DRONE_REPO": slug, "DRONE_REPO_OWNER": owner, "DRONE_REPO_NAME": name,
 		"DRONE_BUILD_NUMBER": strconv.Itoa(number), "DRONE_BUILD_EVENT": event, "DRONE_BUILD_STATUS": "success", "DRONE_STAGE_NAME": "default",
@@ -197,7 +166,7 @@ func droneEnv(event string, extra map[string]string) map[string]string {
 }
 
 func droneLabels() map[string]string {
-	slug, number := droneBuildAs("acme/ci-host", 101)
+	slug, number := harness.DroneBuildAs("acme/ci-host", 101)
 	return map[string]string{"io.drone": "true", "io.drone.repo.slug": slug, "io.drone.build.number": strconv.Itoa(number), "io.drone.step.name": "prune"}
 }
 
@@ -207,37 +176,37 @@ func droneLabels() map[string]string {
 // inside a container; docs/usage.md "The three pipelines", "Which daemon and which disk" and
 // "Woodpecker CI".
 func TestImageAsDroneRunsIt(t *testing.T) {
-	if s := engineSocket(); s != "/var/run/docker.sock" {
+	if s := harness.EngineSocket(); s != "/var/run/docker.sock" {
 		// runImage binds the host's /var/run/docker.sock into the plugin's container: on any other
 		// engine the plugin would measure and prune the host's engine, not the tests' one.
 		t.Skipf("the tests' engine is at %s; runImage binds the host's /var/run/docker.sock", s)
 	}
-	size := buildPluginImage(t)
+	size := harness.BuildPluginImage(t)
 	t.Logf("image size: %d bytes (%.1f MB)", size, float64(size)/1e6)
 	if size > 15_000_000 {
 		t.Errorf("image is %d bytes, above the 15 MB target", size)
 	}
 
 	t.Run("cron", func(t *testing.T) {
-		old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+		old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 		settings := stepSettings(t, "prune-nightly")
 		threshold, err := plugin.ParsePercent(settings["PLUGIN_THRESHOLD"])
-		must(t, err)
+		harness.Must(t, err)
 		env := droneEnv("cron", map[string]string{"DRONE_BUILD_TRIGGER": "@cron"})
 		for k, v := range settings {
 			env[k] = v
 		}
-		host, err := plugin.Measure(dataRoot(t), "host")
-		must(t, err)
+		host, err := plugin.Measure(harness.DataRoot(t), "host")
+		harness.Must(t, err)
 		r := runImage(t, env, droneLabels(), t.TempDir())
 		if host.UsedPercent() >= threshold-1 {
 			t.Skipf("this host is %.1f%% used, too close to the nightly threshold %g%% for the below-threshold check", host.UsedPercent(), threshold)
 		}
-		if r.code != 0 || r.report.Decision != plugin.DecisionKeptCache || !exists(t, "image", old) {
-			t.Fatalf("exit %d decision %q old image kept %v; want 0, %q, true", r.code, r.report.Decision, exists(t, "image", old), plugin.DecisionKeptCache)
+		if r.code != 0 || r.report.Decision != report.DecisionKeptCache || !harness.Exists(t, "image", old) {
+			t.Fatalf("exit %d decision %q old image kept %v; want 0, %q, true", r.code, r.report.Decision, harness.Exists(t, "image", old), report.DecisionKeptCache)
 		}
 		card := decodeCard(t, r.stdout)
-		if card["decision"] != plugin.DecisionKeptCache {
+		if card["decision"] != report.DecisionKeptCache {
 			t.Errorf("card decision %v", card["decision"])
 		}
 		// Inside the container the data root is not mounted, so / is measured: on overlay storage
@@ -253,38 +222,38 @@ func TestImageAsDroneRunsIt(t *testing.T) {
 	})
 
 	t.Run("promote", func(t *testing.T) {
-		old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+		old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 		var cutoff time.Time
-		if containerdStore {
-			cutoff = waitPastCutoff()
+		if harness.ContainerdStore {
+			cutoff = harness.WaitPastCutoff()
 		}
-		young := danglingImage(t, time.Now().Add(-time.Hour), nil)
+		young := harness.DanglingImage(t, time.Now().Add(-time.Hour), nil)
 		settings := stepSettings(t, "prune-promote")
 		env := droneEnv("promote", map[string]string{"DRONE_DEPLOY_TO": "prune", "DRONE_BUILD_PARENT": "100", "DRONE_OUTPUT": "/out/output.env"})
 		for k, v := range settings {
 			env[k] = v
 		}
-		if containerdStore {
+		if harness.ContainerdStore {
 			// The pipeline's until (24h) compares the image records' times on this store, which no
 			// fixture can backdate: until falls between the two loads instead.
-			env["PLUGIN_UNTIL"] = rfc3339(cutoff)
+			env["PLUGIN_UNTIL"] = harness.RFC3339(cutoff)
 		}
 		// The runner's other step containers of this build are running: not a live run.
-		makeContainer(t, containerSpec{start: true, labels: droneLabels()})
+		harness.MakeContainer(t, harness.Container{Start: true, Labels: droneLabels()})
 		out := t.TempDir()
 		r := runImage(t, env, droneLabels(), out)
-		if r.code != 0 && r.code != plugin.ExitPolicy {
+		if r.code != 0 && r.code != outcome.ExitPolicy {
 			t.Fatalf("exit %d", r.code)
 		}
-		if r.report.Decision != plugin.DecisionPruned || exists(t, "image", old) || !exists(t, "image", young) {
-			t.Fatalf("decision %q; old image removed %v, young kept %v", r.report.Decision, !exists(t, "image", old), exists(t, "image", young))
+		if r.report.Decision != report.DecisionPruned || harness.Exists(t, "image", old) || !harness.Exists(t, "image", young) {
+			t.Fatalf("decision %q; old image removed %v, young kept %v", r.report.Decision, !harness.Exists(t, "image", old), harness.Exists(t, "image", young))
 		}
 		card := decodeCard(t, r.stdout)
-		if card["decision"] != plugin.DecisionPruned || card["objects"].(float64) < 1 {
+		if card["decision"] != report.DecisionPruned || card["objects"].(float64) < 1 {
 			t.Errorf("card %v", card)
 		}
 		outputs, err := os.ReadFile(filepath.Join(out, "output.env"))
-		must(t, err)
+		harness.Must(t, err)
 		for _, want := range []string{"DECISION=pruned\n", "IMAGES_STATUS=removed\n", "DISK_PERCENT_BEFORE="} {
 			if !strings.Contains(string(outputs), want) {
 				t.Errorf("DRONE_OUTPUT lacks %q:\n%s", want, outputs)
@@ -298,7 +267,7 @@ func TestImageAsDroneRunsIt(t *testing.T) {
 			"DRONE_BUILD_NUMBER": "55", "DRONE_BUILD_EVENT": "manual", "DRONE_BUILD_STATUS": "success",
 			"PLUGIN_DRY_RUN": "true", "PLUGIN_FORCE": "true", "PLUGIN_RUN_LABELS": "wp_uuid"}
 		r := runImage(t, env, map[string]string{"wp_uuid": "self", "wp_step": "prune"}, t.TempDir())
-		if r.code != 0 || r.report.Decision != plugin.DecisionDryRun {
+		if r.code != 0 || r.report.Decision != report.DecisionDryRun {
 			t.Fatalf("exit %d decision %q", r.code, r.report.Decision)
 		}
 		if strings.Contains(r.stdout, "\x1b]1338;") {

@@ -1,15 +1,4 @@
-package e2e
-
-// The plugin image run by the real CI clients, not by a test imitating them: drone-runner-docker
-// v1.8.3 (`exec`, which compiles and runs one pipeline of a .drone.yml exactly as a runner does:
-// settings encoded as PLUGIN_*, the io.drone.* labels, a network per build, host volumes) and
-// woodpecker-cli v1.0.5 (`exec` with the docker backend). scripts/ci-clients.sh builds both from Go
-// module source once and caches them; the plugin image is built here and pinned to a local tag,
-// since nothing can be pulled. The other step images of the pipelines that run here (the Go image
-// and the docker CLI image .drone.yml pins) are built locally under their pinned tags by
-// scripts/ci-images.sh, so every pipeline of .drone.yml that can run here runs as written: the
-// prune pipelines, ci-with-cleanup and the project's own test pipeline (which runs this package
-// again, inside a step: see ciNestedEnv).
+package ciclients
 
 import (
 	"bufio"
@@ -23,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -35,13 +23,17 @@ import (
 	"github.com/docker/docker/api/types/volume"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 	"github.com/drone-gated-prune/drone-gated-prune/plugin"
 )
 
 const (
 	ciDroneClient      = "drone-runner-docker"
 	ciWoodpeckerClient = "woodpecker-cli"
-	// The image name the repository's .drone.yml uses; the tests run pluginImageTag in its place.
+	// The image name the repository's .drone.yml uses; the tests run harness.PluginImageTag in its place.
 	ciPublishedImage = "dronegatedprune/drone-gated-prune"
 	// Where a step finds the host socket, and where the plugin writes its JSON summary.
 	ciStepSocket  = "/var/run/docker.sock"
@@ -54,43 +46,7 @@ const (
 	// A label every container, network and volume of one exec carries (exec --labels), so that a
 	// killed exec's leftovers are found without touching any other build of the same repository.
 	ciExecLabel = "dgp.e2e.exec"
-	// ciNestedEnv is set by TestCIClients/drone/pipeline-test in the steps of the project's test
-	// pipeline it runs (exec --environ, as a runner's DRONE_RUNNER_ENVIRON would). That pipeline's
-	// test step runs `go test ./...`, this package included, so without the switch its
-	// TestCIClients would start the pipeline again, and again. The inner run skips that one
-	// subtest, and says so; every other test runs inside the step as it does on the host.
-	ciNestedEnv = "DGP_E2E_INSIDE_PIPELINE_TEST"
 )
-
-// ciEnclosing is the Drone build these tests run in, when they run as a step of one (the test step
-// of the project's own pipeline, which TestCIClients/drone/pipeline-test runs); zero outside Drone.
-// The runner gives every step DRONE_REPO and DRONE_BUILD_NUMBER and labels the step's container
-// with them. That container runs on the very engine the tests use, so to the plugin it is a live
-// run of another build, except in a run that belongs to the same build (the own-build exception of
-// run_labels). See droneBuildAs.
-var ciEnclosing = func() (e struct {
-	slug   string
-	number int
-}) {
-	n, err := strconv.Atoi(os.Getenv("DRONE_BUILD_NUMBER"))
-	if slug := os.Getenv("DRONE_REPO"); err == nil && n > 0 && strings.Contains(slug, "/") {
-		e.slug, e.number = slug, n
-	}
-	return e
-}()
-
-// droneBuildAs is the repository slug and build number under which a test runs the plugin as a
-// step of a Drone build whose other steps must not count as live runs: slug and number on a host,
-// the enclosing build's inside a Drone step. Inside Drone, any other identity would make the
-// plugin see the enclosing build's running test step and skip, rightly; as a step of that build
-// it sees exactly what a cleanup step of the project's pipeline would. Builds a test starts to be
-// seen as another build use another number (ciOtherBuildNumber).
-func droneBuildAs(slug string, number int) (string, int) {
-	if ciEnclosing.slug != "" {
-		return ciEnclosing.slug, ciEnclosing.number
-	}
-	return slug, number
-}
 
 // ciOtherBuildNumber is a build number other than own, for a concurrent build of the same
 // repository that the plugin must see as a live run.
@@ -116,7 +72,7 @@ func ciClient(t *testing.T, name string) string {
 	t.Helper()
 	ciClients.once.Do(func() {
 		start := time.Now()
-		cmd := exec.Command("sh", "../scripts/ci-clients.sh", ciDroneClient, ciWoodpeckerClient)
+		cmd := exec.Command("sh", filepath.Join(harness.Root, "scripts", "ci-clients.sh"), ciDroneClient, ciWoodpeckerClient)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
@@ -151,7 +107,7 @@ func ciClient(t *testing.T, name string) string {
 // into their steps: the tests' engine, wherever DOCKER_HOST points.
 func ciHostSocket(t *testing.T) string {
 	t.Helper()
-	host := api.DaemonHost()
+	host := harness.API.DaemonHost()
 	path, ok := strings.CutPrefix(host, "unix://")
 	if !ok {
 		t.Skipf("the CI clients mount the engine's socket into the plugin step; the engine is at %s, not a unix socket", host)
@@ -182,12 +138,12 @@ var (
 // returns the file's path. The real .drone.yml is not touched, and no other image is replaced.
 func ciLocalDroneYAML(t *testing.T, socket string) string {
 	t.Helper()
-	data, err := os.ReadFile("../.drone.yml")
-	must(t, err)
+	data, err := os.ReadFile(filepath.Join(harness.Root, ".drone.yml"))
+	harness.Must(t, err)
 	if n := len(ciPublishedImageLine.FindAllIndex(data, -1)); n < 3 {
 		t.Fatalf(".drone.yml names the plugin image %s in %d steps; want at least the nightly, promote and plan steps", ciPublishedImage, n)
 	}
-	data = ciPublishedImageLine.ReplaceAll(data, []byte("${1}"+pluginImageTag))
+	data = ciPublishedImageLine.ReplaceAll(data, []byte("${1}"+harness.PluginImageTag))
 	if socket != ciStepSocket {
 		data = ciHostSocketPath.ReplaceAll(data, []byte("${1}"+socket))
 	}
@@ -199,12 +155,12 @@ func ciLocalDroneYAML(t *testing.T, socket string) string {
 		}
 	}
 	for _, p := range []string{"prune-plan", "prune-promote", "prune-nightly"} {
-		if len(images[p]) != 1 || images[p][0] != pluginImageTag {
-			t.Fatalf("pipeline %s in the rewritten .drone.yml runs %q; want [%s]", p, images[p], pluginImageTag)
+		if len(images[p]) != 1 || images[p][0] != harness.PluginImageTag {
+			t.Fatalf("pipeline %s in the rewritten .drone.yml runs %q; want [%s]", p, images[p], harness.PluginImageTag)
 		}
 	}
-	if n := len(images["ci-with-cleanup"]); n == 0 || images["ci-with-cleanup"][n-1] != pluginImageTag {
-		t.Fatalf("pipeline ci-with-cleanup in the rewritten .drone.yml runs %q; want the plugin (%s) last", images["ci-with-cleanup"], pluginImageTag)
+	if n := len(images["ci-with-cleanup"]); n == 0 || images["ci-with-cleanup"][n-1] != harness.PluginImageTag {
+		t.Fatalf("pipeline ci-with-cleanup in the rewritten .drone.yml runs %q; want the plugin (%s) last", images["ci-with-cleanup"], harness.PluginImageTag)
 	}
 	return ciWriteFile(t, t.TempDir(), ".drone.yml", string(data))
 }
@@ -212,7 +168,7 @@ func ciLocalDroneYAML(t *testing.T, socket string) string {
 func ciWriteFile(t *testing.T, dir, name, content string) string {
 	t.Helper()
 	path := filepath.Join(dir, name)
-	must(t, os.WriteFile(path, []byte(content), 0o644))
+	harness.Must(t, os.WriteFile(path, []byte(content), 0o644))
 	return path
 }
 
@@ -231,17 +187,17 @@ type ciDroneBuild struct {
 
 func newCIDroneBuild(t *testing.T, bin, file, slug string, number int) ciDroneBuild {
 	t.Helper()
-	b := ciDroneBuild{bin: bin, file: file, slug: slug, number: number, outDir: t.TempDir(), exec: randomHex(6), timeout: 3 * time.Minute}
+	b := ciDroneBuild{bin: bin, file: file, slug: slug, number: number, outDir: t.TempDir(), exec: fixtures.RandomHex(6), timeout: 3 * time.Minute}
 	t.Cleanup(func() { ciRemoveDroneObjects(t, b.exec) })
 	return b
 }
 
 // newCIDroneBuildAs is newCIDroneBuild for a build whose plugin must see no other build of this
 // host as live: a new repository slug with number on a host, the enclosing build inside a Drone
-// step (droneBuildAs).
+// step (harness.DroneBuildAs).
 func newCIDroneBuildAs(t *testing.T, bin, file string, number int) ciDroneBuild {
 	t.Helper()
-	slug, n := droneBuildAs("dgp-e2e/"+randomHex(4), number)
+	slug, n := harness.DroneBuildAs("dgp-e2e/"+fixtures.RandomHex(4), number)
 	return newCIDroneBuild(t, bin, file, slug, n)
 }
 
@@ -291,7 +247,7 @@ type ciDroneResult struct {
 	code      int
 	logs      string
 	steps     []ciDroneStep
-	report    plugin.Report
+	report    report.Report
 	hasReport bool
 	elapsed   time.Duration
 }
@@ -299,7 +255,7 @@ type ciDroneResult struct {
 // run execs one stage to its end.
 func (b ciDroneBuild) run(t *testing.T, stage string, extra ...string) ciDroneResult {
 	t.Helper()
-	c, cancel := context.WithTimeout(ctx(), b.timeout)
+	c, cancel := context.WithTimeout(harness.Ctx(), b.timeout)
 	defer cancel()
 	if b.outDir != "" {
 		_ = os.Remove(filepath.Join(b.outDir, ciSummaryName))
@@ -342,7 +298,7 @@ func (b ciDroneBuild) result(t *testing.T, stage string, err error, stdout, stde
 		return r
 	}
 	if data, err := os.ReadFile(filepath.Join(b.outDir, ciSummaryName)); err == nil {
-		must(t, json.Unmarshal(data, &r.report))
+		harness.Must(t, json.Unmarshal(data, &r.report))
 		r.hasReport = true
 	}
 	return r
@@ -413,24 +369,24 @@ func (r ciDroneResult) wantPluginStep(t *testing.T, step string, code int) {
 
 // ciRemoveDroneObjects removes what one exec left behind (after it was killed): its containers,
 // networks and volumes all carry ciExecLabel with its value. The repository slug would not do:
-// inside a Drone step the tests' builds share the enclosing build's (droneBuildAs), and that
+// inside a Drone step the tests' builds share the enclosing build's (harness.DroneBuildAs), and that
 // build's own containers, the running test step among them, must stay.
 func ciRemoveDroneObjects(t *testing.T, id string) {
 	f := filters.NewArgs(filters.Arg("label", ciExecLabel+"="+id))
-	cs, err := api.ContainerList(ctx(), container.ListOptions{All: true, Filters: f})
+	cs, err := harness.API.ContainerList(harness.Ctx(), container.ListOptions{All: true, Filters: f})
 	if err != nil {
 		t.Errorf("listing the containers of exec %s: %v", id, err)
 	}
 	for _, c := range cs {
-		_ = api.ContainerRemove(ctx(), c.ID, container.RemoveOptions{Force: true})
+		_ = harness.API.ContainerRemove(harness.Ctx(), c.ID, container.RemoveOptions{Force: true})
 	}
-	ns, _ := api.NetworkList(ctx(), network.ListOptions{Filters: f})
+	ns, _ := harness.API.NetworkList(harness.Ctx(), network.ListOptions{Filters: f})
 	for _, n := range ns {
-		_ = api.NetworkRemove(ctx(), n.ID)
+		_ = harness.API.NetworkRemove(harness.Ctx(), n.ID)
 	}
-	vs, _ := api.VolumeList(ctx(), volume.ListOptions{Filters: f})
+	vs, _ := harness.API.VolumeList(harness.Ctx(), volume.ListOptions{Filters: f})
 	for _, v := range vs.Volumes {
-		_ = api.VolumeRemove(ctx(), v.Name, true)
+		_ = harness.API.VolumeRemove(harness.Ctx(), v.Name, true)
 	}
 }
 
@@ -445,7 +401,7 @@ func startCIProcess(t *testing.T, cmd *exec.Cmd, cancel context.CancelFunc) *ciP
 	t.Helper()
 	bg := &ciProcess{cmd: cmd, out: &bytes.Buffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = bg.out, bg.out
-	must(t, cmd.Start())
+	harness.Must(t, cmd.Start())
 	go func() { bg.done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		select {
@@ -474,7 +430,7 @@ func (bg *ciProcess) running() bool {
 // it to tear its build down and exit.
 func (bg *ciProcess) interrupt(t *testing.T) {
 	t.Helper()
-	must(t, bg.cmd.Process.Signal(os.Interrupt))
+	harness.Must(t, bg.cmd.Process.Signal(os.Interrupt))
 	select {
 	case err := <-bg.done:
 		bg.done <- err
@@ -489,9 +445,9 @@ func ciRunningContainer(t *testing.T, what string, f filters.Args) container.Sum
 	t.Helper()
 	f.Add("status", "running")
 	var found []container.Summary
-	if !waitFor(t, 90*time.Second, what+" is running", func() (bool, error) {
+	if !harness.WaitFor(t, 90*time.Second, what+" is running", func() (bool, error) {
 		var err error
-		found, err = api.ContainerList(ctx(), container.ListOptions{Filters: f})
+		found, err = harness.API.ContainerList(harness.Ctx(), container.ListOptions{Filters: f})
 		return len(found) > 0, err
 	}) {
 		t.FailNow()
@@ -510,7 +466,7 @@ func ciContainerName(c container.Summary) string {
 }
 
 // ciNoRunVerdict is the no-run verdict of a report.
-func ciNoRunVerdict(t *testing.T, r plugin.Report) gates.Verdict {
+func ciNoRunVerdict(t *testing.T, r report.Report) gates.Verdict {
 	t.Helper()
 	v, ok := r.Gate(gates.NoRunGate)
 	if !ok {
@@ -521,7 +477,7 @@ func ciNoRunVerdict(t *testing.T, r plugin.Report) gates.Verdict {
 
 // ciWantSkippedBy checks that a run was skipped by the no-run gate alone, and that its evidence
 // names the container name and nothing else.
-func ciWantSkippedBy(t *testing.T, r plugin.Report, name string) {
+func ciWantSkippedBy(t *testing.T, r report.Report, name string) {
 	t.Helper()
 	v := ciNoRunVerdict(t, r)
 	if r.Decision != "skipped: "+gates.NoRunGate || v.Open {
@@ -539,7 +495,7 @@ func ciWantSkippedBy(t *testing.T, r plugin.Report, name string) {
 
 // ciWantNoRunOpen checks that the no-run gate was evaluated, found nothing and was not
 // blind (it looked for something).
-func ciWantNoRunOpen(t *testing.T, r plugin.Report) {
+func ciWantNoRunOpen(t *testing.T, r report.Report) {
 	t.Helper()
 	v := ciNoRunVerdict(t, r)
 	if !v.Open || len(v.Evidence) > 0 {
@@ -550,7 +506,7 @@ func ciWantNoRunOpen(t *testing.T, r plugin.Report) {
 			t.Fatalf("the no-run gate is blind: %s", w)
 		}
 	}
-	if strings.HasPrefix(r.Decision, "skipped") || r.Decision == plugin.DecisionError {
+	if strings.HasPrefix(r.Decision, "skipped") || r.Decision == report.DecisionError {
 		t.Fatalf("decision %q", r.Decision)
 	}
 }
@@ -562,26 +518,26 @@ func TestCIClients(t *testing.T) {
 	ciClient(t, ciDroneClient)
 	ciClient(t, ciWoodpeckerClient)
 	start := time.Now()
-	buildPluginImage(t)
-	t.Logf("plugin image %s built in %s", pluginImageTag, time.Since(start).Round(time.Millisecond))
-	ensureSleeperImage(t)
+	harness.BuildPluginImage(t)
+	t.Logf("plugin image %s built in %s", harness.PluginImageTag, time.Since(start).Round(time.Millisecond))
+	harness.EnsureSleeperImage(t)
 	droneYAML := ciLocalDroneYAML(t, socket)
 
 	t.Run("drone/prune-plan", func(t *testing.T) {
 		b := newCIDroneBuildAs(t, ciClient(t, ciDroneClient), droneYAML, 20)
-		old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-		young := danglingImage(t, time.Now().Add(-time.Hour), nil)
+		old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+		young := harness.DanglingImage(t, time.Now().Add(-time.Hour), nil)
 		r := b.run(t, "prune-plan", "--build-event", "promote", "--build-target", "prune-plan")
 		r.wantPluginStep(t, "plan", 0)
-		if r.report.Decision != plugin.DecisionDryRun || !r.report.DryRun || !r.report.Forced {
-			t.Fatalf("decision %q dry run %v forced %v; want %q, a forced dry run", r.report.Decision, r.report.DryRun, r.report.Forced, plugin.DecisionDryRun)
+		if r.report.Decision != report.DecisionDryRun || !r.report.DryRun || !r.report.Forced {
+			t.Fatalf("decision %q dry run %v forced %v; want %q, a forced dry run", r.report.Decision, r.report.DryRun, r.report.Forced, report.DecisionDryRun)
 		}
 		ciWantNoRunOpen(t, r.report)
-		planned := phaseIDs(r.report, plugin.PhaseImages)
+		planned := harness.PhaseIDs(r.report, report.PhaseImages)
 		if !planned[old] || planned[young] {
-			t.Errorf("image plan %s; want the 48h-old dangling image %s and not the 1h-old %s", fmtSet(planned), old, young)
+			t.Errorf("image plan %s; want the 48h-old dangling image %s and not the 1h-old %s", harness.FmtSet(planned), old, young)
 		}
-		if !exists(t, "image", old) || !exists(t, "image", young) {
+		if !harness.Exists(t, "image", old) || !harness.Exists(t, "image", young) {
 			t.Errorf("the plan removed an image")
 		}
 		if !strings.Contains(r.logs, old[len("sha256:"):][:12]) {
@@ -591,23 +547,23 @@ func TestCIClients(t *testing.T) {
 
 	t.Run("drone/prune-promote", func(t *testing.T) {
 		b := newCIDroneBuildAs(t, ciClient(t, ciDroneClient), droneYAML, 21)
-		old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
-		young := danglingImage(t, time.Now().Add(-time.Hour), nil)
+		old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+		young := harness.DanglingImage(t, time.Now().Add(-time.Hour), nil)
 		r := b.run(t, "prune-promote", "--build-event", "promote", "--build-target", "prune")
 		want := 0
 		if r.report.CeilingBreached {
-			want = plugin.ExitPolicy
+			want = outcome.ExitPolicy
 		}
 		r.wantPluginStep(t, "prune", want)
-		if r.report.Decision != plugin.DecisionPruned || r.report.DryRun {
-			t.Fatalf("decision %q dry run %v; want %q", r.report.Decision, r.report.DryRun, plugin.DecisionPruned)
+		if r.report.Decision != report.DecisionPruned || r.report.DryRun {
+			t.Fatalf("decision %q dry run %v; want %q", r.report.Decision, r.report.DryRun, report.DecisionPruned)
 		}
 		ciWantNoRunOpen(t, r.report)
-		if removed := phaseIDs(r.report, plugin.PhaseImages); !removed[old] || removed[young] {
-			t.Errorf("images removed %s; want the 48h-old %s and not the 1h-old %s", fmtSet(removed), old, young)
+		if removed := harness.PhaseIDs(r.report, report.PhaseImages); !removed[old] || removed[young] {
+			t.Errorf("images removed %s; want the 48h-old %s and not the 1h-old %s", harness.FmtSet(removed), old, young)
 		}
-		if exists(t, "image", old) || !exists(t, "image", young) {
-			t.Errorf("old dangling image still there %v, young one kept %v; want false, true", exists(t, "image", old), exists(t, "image", young))
+		if harness.Exists(t, "image", old) || !harness.Exists(t, "image", young) {
+			t.Errorf("old dangling image still there %v, young one kept %v; want false, true", harness.Exists(t, "image", old), harness.Exists(t, "image", young))
 		}
 	})
 
@@ -616,19 +572,19 @@ func TestCIClients(t *testing.T) {
 		if !strings.Contains(string(ciReadFile(t, droneYAML)), "threshold: \"80\"") {
 			t.Fatalf(".drone.yml no longer sets threshold \"80\"; update this test")
 		}
-		host, err := plugin.Measure(dataRoot(t), "host")
-		must(t, err)
+		host, err := plugin.Measure(harness.DataRoot(t), "host")
+		harness.Must(t, err)
 		if host.UsedPercent() >= threshold-1 {
 			t.Skipf("this host is %.1f%% used, too close to the nightly threshold %g%% for the below-threshold check", host.UsedPercent(), threshold)
 		}
 		b := newCIDroneBuildAs(t, ciClient(t, ciDroneClient), droneYAML, 22)
-		old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+		old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 		r := b.run(t, "prune-nightly", "--build-event", "cron", "--build-cron", "nightly")
 		r.wantPluginStep(t, "prune", 0)
-		if r.report.Decision != plugin.DecisionKeptCache || len(r.report.Phases) != 0 {
-			t.Fatalf("decision %q, %d phases; want %q and no phase", r.report.Decision, len(r.report.Phases), plugin.DecisionKeptCache)
+		if r.report.Decision != report.DecisionKeptCache || len(r.report.Phases) != 0 {
+			t.Fatalf("decision %q, %d phases; want %q and no phase", r.report.Decision, len(r.report.Phases), report.DecisionKeptCache)
 		}
-		if !exists(t, "image", old) {
+		if !harness.Exists(t, "image", old) {
 			t.Errorf("the nightly run below threshold removed %s", old)
 		}
 	})
@@ -656,12 +612,12 @@ volumes:
   - name: docker_sock
     host:
       path: %s
-`, pluginImageTag, ciStepSocket, socket))
+`, harness.PluginImageTag, ciStepSocket, socket))
 		b := newCIDroneBuildAs(t, ciClient(t, ciDroneClient), file, 23)
 		r := b.run(t, "prune-ceiling", "--build-event", "custom")
-		r.wantPluginStep(t, "prune", plugin.ExitPolicy)
-		if !r.report.CeilingBreached || r.report.Decision != plugin.DecisionKeptCache {
-			t.Errorf("ceiling breached %v decision %q; want true, %q", r.report.CeilingBreached, r.report.Decision, plugin.DecisionKeptCache)
+		r.wantPluginStep(t, "prune", outcome.ExitPolicy)
+		if !r.report.CeilingBreached || r.report.Decision != report.DecisionKeptCache {
+			t.Errorf("ceiling breached %v decision %q; want true, %q", r.report.CeilingBreached, r.report.Decision, report.DecisionKeptCache)
 		}
 	})
 
@@ -678,11 +634,11 @@ steps:
   - name: work
     image: %s
     pull: if-not-exists
-`, sleeperImage))
+`, harness.SleeperImage))
 		promote := newCIDroneBuildAs(t, bin, droneYAML, 8)
 		busy := newCIDroneBuild(t, bin, busyFile, promote.slug, ciOtherBuildNumber(promote.number))
 		busyLabels := filters.NewArgs(filters.Arg("label", "io.drone.repo.slug="+busy.slug), filters.Arg("label", fmt.Sprintf("io.drone.build.number=%d", busy.number)))
-		c, cancel := context.WithCancel(ctx())
+		c, cancel := context.WithCancel(harness.Ctx())
 		bg := startCIProcess(t, busy.command(c, "busy", "--build-event", "push"), cancel)
 		work := ciRunningContainer(t, fmt.Sprintf("build %d's step", busy.number), busyLabels.Clone())
 		name := ciContainerName(work)
@@ -691,20 +647,20 @@ steps:
 			t.Errorf("build %d's step container labels %v", busy.number, work.Labels)
 		}
 
-		old := danglingImage(t, time.Now().Add(-48*time.Hour), nil)
+		old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 		r := promote.run(t, "prune-promote", "--build-event", "promote", "--build-target", "prune")
 		if !bg.running() {
 			t.Fatalf("build %d ended while build %d ran:\n%s", busy.number, promote.number, bg.out.String())
 		}
 		r.wantPluginStep(t, "prune", 0)
 		ciWantSkippedBy(t, r.report, name)
-		if !exists(t, "image", old) {
+		if !harness.Exists(t, "image", old) {
 			t.Fatalf("the promote build pruned while build %d ran", busy.number)
 		}
 
 		bg.interrupt(t)
-		if !waitFor(t, 60*time.Second, fmt.Sprintf("build %d's containers are gone", busy.number), func() (bool, error) {
-			cs, err := api.ContainerList(ctx(), container.ListOptions{All: true, Filters: busyLabels})
+		if !harness.WaitFor(t, 60*time.Second, fmt.Sprintf("build %d's containers are gone", busy.number), func() (bool, error) {
+			cs, err := harness.API.ContainerList(harness.Ctx(), container.ListOptions{All: true, Filters: busyLabels})
 			return len(cs) == 0, err
 		}) {
 			t.FailNow()
@@ -712,12 +668,12 @@ steps:
 		r = promote.run(t, "prune-promote", "--build-event", "promote", "--build-target", "prune")
 		want := 0
 		if r.report.CeilingBreached {
-			want = plugin.ExitPolicy
+			want = outcome.ExitPolicy
 		}
 		r.wantPluginStep(t, "prune", want)
 		ciWantNoRunOpen(t, r.report)
-		if r.report.Decision != plugin.DecisionPruned || exists(t, "image", old) {
-			t.Errorf("after build %d: decision %q, old image still there %v; want %q, false", busy.number, r.report.Decision, exists(t, "image", old), plugin.DecisionPruned)
+		if r.report.Decision != report.DecisionPruned || harness.Exists(t, "image", old) {
+			t.Errorf("after build %d: decision %q, old image still there %v; want %q, false", busy.number, r.report.Decision, harness.Exists(t, "image", old), report.DecisionPruned)
 		}
 	})
 
@@ -763,13 +719,13 @@ volumes:
   - name: docker_sock
     host:
       path: %[4]s
-`, pluginImageTag, ciCCCIPattern, ciStepSocket, socket)
+`, harness.PluginImageTag, ciCCCIPattern, ciStepSocket, socket)
 	patternFile := ciWriteFile(t, t.TempDir(), ".drone.yml", patternPipelines)
 	for _, stage := range []string{"pattern-string", "pattern-list"} {
 		t.Run("drone/"+stage, func(t *testing.T) {
 			// A cc-ci run stack's container: <4 of [a-z0-9]>-<6 hex>_ci_commoninternet_net_app.
-			name := fmt.Sprintf("%s-%s_ci_commoninternet_net_app", randomHex(2), randomHex(3))
-			makeContainer(t, containerSpec{name: name, start: true})
+			name := fmt.Sprintf("%s-%s_ci_commoninternet_net_app", fixtures.RandomHex(2), fixtures.RandomHex(3))
+			harness.MakeContainer(t, harness.Container{Name: name, Start: true})
 			b := newCIDroneBuildAs(t, ciClient(t, ciDroneClient), patternFile, 30)
 			r := b.run(t, stage, "--build-event", "custom")
 			r.wantPluginStep(t, "prune", 0)
@@ -794,7 +750,7 @@ volumes:
 		b.dir = ciWorkspace(t)
 		b.timeout = 15 * time.Minute
 		extra := []string{"--build-event", "push", "--commit-target", "main"}
-		if ciEnclosing.slug == "" {
+		if harness.Enclosing.Slug == "" {
 			// Like a runner configured with DRONE_RUNNER_VOLUMES and DRONE_RUNNER_ENVIRON that
 			// shares the host's Go module cache with every step: the build step then needs no
 			// network (.ci/run's Docker 29 pass runs its engine in a namespace that has none).
@@ -802,8 +758,8 @@ volumes:
 			// step downloads its modules as it would on any runner.
 			extra = append(extra, "--volumes", ciGoModCache(t, b.dir)+":/go/pkg/mod", "--environ", "GOPROXY=off")
 		}
-		host, err := plugin.Measure(dataRoot(t), "host")
-		must(t, err)
+		host, err := plugin.Measure(harness.DataRoot(t), "host")
+		harness.Must(t, err)
 		r := b.run(t, "ci-with-cleanup", extra...)
 
 		build, cleanup := r.step(t, "build"), r.step(t, "cleanup")
@@ -820,7 +776,7 @@ volumes:
 		// build green even then.
 		want := 0
 		if r.report.CeilingBreached {
-			want = plugin.ExitPolicy
+			want = outcome.ExitPolicy
 		}
 		if !r.hasReport || r.report.ExitCode != want || cleanup.ExitCode != want {
 			t.Fatalf("step cleanup: exit %d, summary written %v with exit %d; want %d", cleanup.ExitCode, r.hasReport, r.report.ExitCode, want)
@@ -833,8 +789,8 @@ volumes:
 		}
 		if threshold := 80.0; host.UsedPercent() < threshold-1 {
 			// Below the pipeline's threshold the step keeps the cache after one look at the disk.
-			if r.report.Decision != plugin.DecisionKeptCache || len(r.report.Phases) != 0 {
-				t.Errorf("decision %q, %d phases; want %q and no phase (the disk is %.1f%% used)", r.report.Decision, len(r.report.Phases), plugin.DecisionKeptCache, host.UsedPercent())
+			if r.report.Decision != report.DecisionKeptCache || len(r.report.Phases) != 0 {
+				t.Errorf("decision %q, %d phases; want %q and no phase (the disk is %.1f%% used)", r.report.Decision, len(r.report.Phases), report.DecisionKeptCache, host.UsedPercent())
 			}
 		}
 		t.Logf("ci-with-cleanup: build %ds, cleanup %ds, exec %s", build.Stopped-build.Started, cleanup.Stopped-cleanup.Started, r.elapsed.Round(time.Second))
@@ -842,11 +798,9 @@ volumes:
 
 	// The project's own test pipeline as written (vet, the docker CLI, the tests against this
 	// engine, the build), from a copy of this working tree: its test step runs `go test ./...`
-	// inside a container of the pinned Go image, this package included, against this engine.
+	// inside a container of the pinned Go image against this engine, where package e2e makes its
+	// short run (harness.NestedRun) and this package none.
 	t.Run("drone/pipeline-test", func(t *testing.T) {
-		if v := os.Getenv(ciNestedEnv); v != "" {
-			t.Skipf("%s=%s: this is the run of the test pipeline that %s started; starting the pipeline again from inside it would recurse", ciNestedEnv, v, v)
-		}
 		if socket != ciStepSocket {
 			t.Skipf("the test pipeline mounts the host's %s into its test step; the tests' engine is at %s", ciStepSocket, socket)
 		}
@@ -856,11 +810,13 @@ volumes:
 		ciWantLocalImages(t, file, "test")
 		b := newCIDroneBuildAs(t, ciClient(t, ciDroneClient), file, 40)
 		b.outDir = "" // no plugin step; PLUGIN_SUMMARY_FILE would reach the root package's tests
-		b.timeout = 50 * time.Minute
+		b.timeout = 20 * time.Minute
+		// The short run reports into the test step's TMPDIR, a host directory mounted at its own path.
+		nested := ciStepTempDir(t, file, "test")
 		extra := []string{"--build-event", "push", "--commit-target", "main",
-			"--environ", ciNestedEnv + "=" + t.Name()}
+			"--environ", harness.NestedEnv + "=" + nested}
 		commit := ""
-		if out, err := exec.Command("git", "-C", "..", "rev-parse", "HEAD").Output(); err == nil {
+		if out, err := exec.Command("git", "-C", harness.Root, "rev-parse", "HEAD").Output(); err == nil {
 			commit = strings.TrimSpace(string(out))
 			extra = append(extra, "--commit-after", commit)
 		}
@@ -870,6 +826,9 @@ volumes:
 		// checks on the host).
 		if !regexp.MustCompile(`(?m)^\[test:\d+\] ok\s+github\.com/drone-gated-prune/drone-gated-prune/e2e\s`).MatchString(r.logs) {
 			t.Errorf("the test step's log has no passing line for package e2e")
+		}
+		if got, err := os.ReadFile(filepath.Join(nested, harness.NestedReport)); err != nil || string(got) != "run "+harness.NestedRun+"\nexit 0\n" {
+			t.Errorf("the test step's engine tests did not report a passing short run: %q, %v", got, err)
 		}
 		if !regexp.MustCompile(`(?m)^\[test:\d+\] docker client 28\.2\.2, engine `).MatchString(r.logs) {
 			t.Errorf("the test step did not reach the engine with the docker CLI the docker-cli step copied")
@@ -883,6 +842,28 @@ volumes:
 	})
 }
 
+// ciStepTempDir makes a directory, removed at cleanup, in the TMPDIR that pipeline's test step
+// of file sets: a host directory the step mounts at the same path.
+func ciStepTempDir(t *testing.T, file, pipeline string) string {
+	t.Helper()
+	for _, doc := range dronePipelines(t, ciReadFile(t, file)) {
+		if doc.Name != pipeline {
+			continue
+		}
+		for _, s := range doc.Steps {
+			if tmp := s.Environment["TMPDIR"]; s.Name == "test" && tmp != "" {
+				harness.Must(t, os.MkdirAll(tmp, 0o755))
+				dir, err := os.MkdirTemp(tmp, "nested-")
+				harness.Must(t, err)
+				t.Cleanup(func() { _ = os.RemoveAll(dir) })
+				return dir
+			}
+		}
+	}
+	t.Fatalf("%s: pipeline %s has no test step with a TMPDIR", file, pipeline)
+	return ""
+}
+
 // ciStepImages builds the step images the pipelines pin (scripts/ci-images.sh), once per test
 // binary; a cached image is reused in well under a second. A failure skips the test, or fails it
 // under DGP_REQUIRE_ENGINE=1.
@@ -890,7 +871,7 @@ func ciStepImages(t *testing.T) {
 	t.Helper()
 	ciImages.once.Do(func() {
 		start := time.Now()
-		out, err := exec.Command("sh", "../scripts/ci-images.sh").CombinedOutput()
+		out, err := exec.Command("sh", filepath.Join(harness.Root, "scripts", "ci-images.sh")).CombinedOutput()
 		ciImages.took, ciImages.out = time.Since(start), string(out)
 		if err != nil {
 			ciImages.err = fmt.Errorf("scripts/ci-images.sh: %v\n%s", err, out)
@@ -922,7 +903,7 @@ func ciWantLocalImages(t *testing.T, file, pipeline string) {
 			continue
 		}
 		for _, s := range doc.Steps {
-			if !exists(t, "image", s.Image) {
+			if !harness.Exists(t, "image", s.Image) {
 				t.Fatalf("pipeline %s: step image %s is not on the engine, so the runner would pull it (scripts/ci-images.sh builds the pinned ones)", pipeline, s.Image)
 			}
 		}
@@ -936,10 +917,9 @@ func ciWantLocalImages(t *testing.T, file, pipeline string) {
 // exec mounts its working directory into every step and the build writes dist/ there.
 func ciWorkspace(t *testing.T) string {
 	t.Helper()
-	root, err := filepath.Abs("..")
-	must(t, err)
+	root := harness.Root
 	dst := t.TempDir()
-	err = filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+	err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -976,7 +956,7 @@ func ciWorkspace(t *testing.T) string {
 		}
 		return nil
 	})
-	must(t, err)
+	harness.Must(t, err)
 	return dst
 }
 
@@ -990,14 +970,14 @@ func ciGoModCache(t *testing.T, dir string) string {
 		t.Fatalf("go list -deps ./... in %s: %v\n%s", dir, err, out)
 	}
 	out, err := exec.Command("go", "env", "GOMODCACHE").Output()
-	must(t, err)
+	harness.Must(t, err)
 	return strings.TrimSpace(string(out))
 }
 
 func ciReadFile(t *testing.T, path string) []byte {
 	t.Helper()
 	data, err := os.ReadFile(path)
-	must(t, err)
+	harness.Must(t, err)
 	return data
 }
 
@@ -1010,7 +990,7 @@ func ciWatchNetwork(network, image string) (stop func() []string) {
 		seen := map[string]bool{}
 		f := filters.NewArgs(filters.Arg("network", network), filters.Arg("status", "running"))
 		for {
-			if cs, err := api.ContainerList(ctx(), container.ListOptions{Filters: f}); err == nil {
+			if cs, err := harness.API.ContainerList(harness.Ctx(), container.ListOptions{Filters: f}); err == nil {
 				for _, c := range cs {
 					if c.Image == image {
 						seen[c.ID] = true
@@ -1056,24 +1036,24 @@ func (w ciWoodpeckerWorkflow) network() string { return w.prefix + "_default" }
 // cleanup removes what a killed exec left: containers on the workflow's network, the network
 // and the workspace volume.
 func (w ciWoodpeckerWorkflow) cleanup(t *testing.T) {
-	cs, err := api.ContainerList(ctx(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", ciWoodpeckerStepLabel))})
+	cs, err := harness.API.ContainerList(harness.Ctx(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", ciWoodpeckerStepLabel))})
 	if err != nil {
 		t.Errorf("listing Woodpecker containers: %v", err)
 	}
 	for _, c := range cs {
 		if c.NetworkSettings != nil && c.NetworkSettings.Networks[w.network()] != nil {
-			_ = api.ContainerRemove(ctx(), c.ID, container.RemoveOptions{Force: true})
+			_ = harness.API.ContainerRemove(harness.Ctx(), c.ID, container.RemoveOptions{Force: true})
 		}
 	}
-	_ = api.NetworkRemove(ctx(), w.network())
-	_ = api.VolumeRemove(ctx(), w.network(), true)
+	_ = harness.API.NetworkRemove(harness.Ctx(), w.network())
+	_ = harness.API.VolumeRemove(harness.Ctx(), w.network(), true)
 }
 
 // run execs the workflow to its end and reads the plugin's summary from outDir.
-func (w ciWoodpeckerWorkflow) run(t *testing.T, outDir string) (int, plugin.Report) {
+func (w ciWoodpeckerWorkflow) run(t *testing.T, outDir string) (int, report.Report) {
 	t.Helper()
 	_ = os.Remove(filepath.Join(outDir, ciSummaryName))
-	c, cancel := context.WithTimeout(ctx(), 3*time.Minute)
+	c, cancel := context.WithTimeout(harness.Ctx(), 3*time.Minute)
 	defer cancel()
 	start := time.Now()
 	out, err := w.command(c).CombinedOutput()
@@ -1090,8 +1070,8 @@ func (w ciWoodpeckerWorkflow) run(t *testing.T, outDir string) (int, plugin.Repo
 	if err != nil {
 		t.Fatalf("the plugin step wrote no summary: %v", err)
 	}
-	var r plugin.Report
-	must(t, json.Unmarshal(data, &r))
+	var r report.Report
+	harness.Must(t, json.Unmarshal(data, &r))
 	if r.ExitCode != code {
 		t.Errorf("the plugin exited %d, woodpecker-cli %d", r.ExitCode, code)
 	}
@@ -1104,14 +1084,14 @@ func (w ciWoodpeckerWorkflow) run(t *testing.T, outDir string) (int, plugin.Repo
 func ciWoodpeckerWorkflows(t *testing.T, bin, socket string) {
 	dir := t.TempDir()
 	outDir := t.TempDir()
-	id := randomHex(3)
+	id := fixtures.RandomHex(3)
 	a := ciWoodpeckerWorkflow{bin: bin, prefix: "wp_dgp" + id + "a", pipeline: 42, number: 1,
 		file: ciWriteFile(t, dir, "a.yml", fmt.Sprintf(`skip_clone: true
 steps:
   work:
     image: %s
     pull: false
-`, sleeperImage))}
+`, harness.SleeperImage))}
 	b := ciWoodpeckerWorkflow{bin: bin, prefix: "wp_dgp" + id + "b", pipeline: 42, number: 2,
 		file: ciWriteFile(t, dir, "b.yml", fmt.Sprintf(`skip_clone: true
 services:
@@ -1129,22 +1109,22 @@ steps:
     volumes:
       - %s:%s
       - %s:%s
-`, sleeperImage, pluginImageTag, ciStepOutDir, ciSummaryName, socket, ciStepSocket, outDir, ciStepOutDir))}
+`, harness.SleeperImage, harness.PluginImageTag, ciStepOutDir, ciSummaryName, socket, ciStepSocket, outDir, ciStepOutDir))}
 	t.Cleanup(func() { a.cleanup(t); b.cleanup(t) })
 
 	// B alone: its own service container runs while its plugin step does, and is no live run.
-	stop := ciWatchNetwork(b.network(), sleeperImage)
+	stop := ciWatchNetwork(b.network(), harness.SleeperImage)
 	code, r := b.run(t, outDir)
 	if helpers := stop(); len(helpers) != 1 {
-		t.Fatalf("saw %d running %s containers on workflow B's network %s; want its one service", len(helpers), sleeperImage, b.network())
+		t.Fatalf("saw %d running %s containers on workflow B's network %s; want its one service", len(helpers), harness.SleeperImage, b.network())
 	}
-	if code != 0 || r.Decision != plugin.DecisionDryRun {
-		t.Fatalf("workflow B alone: exit %d decision %q; want 0, %q", code, r.Decision, plugin.DecisionDryRun)
+	if code != 0 || r.Decision != report.DecisionDryRun {
+		t.Fatalf("workflow B alone: exit %d decision %q; want 0, %q", code, r.Decision, report.DecisionDryRun)
 	}
 	ciWantNoRunOpen(t, r)
 
 	// A running: B skips, naming A's step container.
-	c, cancel := context.WithCancel(ctx())
+	c, cancel := context.WithCancel(harness.Ctx())
 	bg := startCIProcess(t, a.command(c), cancel)
 	work := ciRunningContainer(t, "workflow A's step", filters.NewArgs(filters.Arg("network", a.network())))
 	name := ciContainerName(work)
@@ -1163,14 +1143,14 @@ steps:
 
 	// A gone: the gate opens again.
 	bg.interrupt(t)
-	if !waitFor(t, 60*time.Second, "workflow A's containers are gone", func() (bool, error) {
-		return !exists(t, "container", work.ID), nil
+	if !harness.WaitFor(t, 60*time.Second, "workflow A's containers are gone", func() (bool, error) {
+		return !harness.Exists(t, "container", work.ID), nil
 	}) {
 		t.FailNow()
 	}
 	code, r = b.run(t, outDir)
-	if code != 0 || r.Decision != plugin.DecisionDryRun {
-		t.Fatalf("workflow B after A: exit %d decision %q; want 0, %q", code, r.Decision, plugin.DecisionDryRun)
+	if code != 0 || r.Decision != report.DecisionDryRun {
+		t.Fatalf("workflow B after A: exit %d decision %q; want 0, %q", code, r.Decision, report.DecisionDryRun)
 	}
 	ciWantNoRunOpen(t, r)
 }
