@@ -53,8 +53,9 @@ module_dir() {
 
 build() {
 	name="$1"
-	set -- $(client_spec "$name")
-	module="$1" version="$2" pkg="$3"
+	read -r module version pkg <<EOF
+$(client_spec "$name")
+EOF
 	out="${bindir}/${name}-${version}"
 	if [ -x "$out" ]; then
 		echo "${name}=${out}"

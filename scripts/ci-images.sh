@@ -57,7 +57,7 @@ golang_tag="golang:${go_version}-bookworm"
 docker_tag="docker:${docker_version}-cli"
 
 suite=bookworm
-packages=ca-certificates,git,netbase
+packages="ca-certificates,git,netbase"
 log() { echo "ci-images.sh: $*" >&2; }
 
 sha() { sha256sum | cut -c1-12; }

@@ -35,7 +35,7 @@
 # Typical use:
 #   scripts/test-engine.sh build
 #   export "$(scripts/test-engine.sh start e29)"
-#   DGP_REQUIRE_ENGINE=1 go test -count=1 -skip TestImageAsDroneRunsIt ./e2e
+#   DGP_REQUIRE_ENGINE=1 go test -count=1 ./e2e
 #   scripts/test-engine.sh stop e29 && scripts/test-engine.sh check-host
 # A swarm of 3 managers (docs/test-engines.md, "Swarms"):
 #   export $(scripts/test-engine.sh swarm fl)       # DOCKER_HOST_1..3, SWARM_NODES
@@ -48,7 +48,7 @@
 # TestImageAsDroneRunsIt binds the host's /var/run/docker.sock into its plugin container, so on any
 # other engine it prunes the system engine: skip it. TestPruneKeepsCacheWarm serves a registry on
 # the test's 127.0.0.1, which the engine sees only when the tests run in its namespace:
-#   scripts/test-engine.sh exec e29 env DGP_REQUIRE_ENGINE=1 go test -count=1 -skip TestImageAsDroneRunsIt ./e2e
+#   scripts/test-engine.sh exec e29 env DGP_REQUIRE_ENGINE=1 go test -count=1 ./e2e
 # (the namespace has loopback only: download modules first, e.g. with a plain `go test` build).
 #
 # What isolates an engine from the system one:
@@ -660,8 +660,9 @@ cmd_swarm() {
 	prefix=$(swarm_prefix "$name")
 	! is_swarm "$name" || die "swarm $name exists: run 'test-engine.sh stop $name' first"
 	! netns_exists "$hub" || die "network namespace $hub exists: run 'test-engine.sh stop $name'"
-	[ -z "$(engine_pid "$name")" ] && ! netns_exists "$(engine_netns "$name")" ||
+	if [ -n "$(engine_pid "$name")" ] || netns_exists "$(engine_netns "$name")"; then
 		die "an engine $name exists: run 'test-engine.sh stop $name' first"
+	fi
 	[ -z "$(mounts_under "$dir")" ] || die "mounts are left under $dir: run 'test-engine.sh stop $name'"
 	for node in $(swarm_nodes "$name"); do
 		! is_swarm "$node" || die "node name $node is a swarm: stop it or pick another name"
@@ -795,7 +796,9 @@ cmd_link() {
 	local name=$1 i=$2 state=$3 hub
 	check_name "$name"
 	is_swarm "$name" || die "no swarm $name under $DGP_RUN"
-	[[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le "$SWARM_SIZE" ] || die "link: node number 1..$SWARM_SIZE, got '$i'"
+	if ! [[ "$i" =~ ^[0-9]+$ ]] || [ "$i" -lt 1 ] || [ "$i" -gt "$SWARM_SIZE" ]; then
+		die "link: node number 1..$SWARM_SIZE, got '$i'"
+	fi
 	case $state in
 	down | up) ;;
 	*) die "link: down or up, got '$state'" ;;
