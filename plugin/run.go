@@ -29,7 +29,7 @@ type Run struct {
 }
 
 // Execute runs the policy and always returns a report; the error, when not nil, carries the exit
-// code (ExitCode).
+// code (outcome.ExitCode).
 func (r *Run) Execute(ctx context.Context) (*report.Report, error) {
 	start := time.Now()
 	rep := &report.Report{Version: r.Version, DryRun: r.Config.DryRun, Forced: r.Config.Disk.Force,
