@@ -32,6 +32,8 @@ type fakeEngine struct {
 	images     []image.Summary
 	containers map[string]string
 	cache      []*build.CacheRecord
+	// cacheErr, when not nil, is every BuildCache answer.
+	cacheErr error
 
 	pruneContainers func(ctx context.Context, f filters.Args) ([]string, uint64, error)
 	pruneImages     func(ctx context.Context, f filters.Args) ([]string, []string, uint64, error)
@@ -122,7 +124,7 @@ func (f *fakeEngine) ContainerImages(context.Context) (map[string]string, error)
 
 func (f *fakeEngine) BuildCache(context.Context) ([]*build.CacheRecord, error) {
 	f.called("BuildCache")
-	return f.cache, nil
+	return f.cache, f.cacheErr
 }
 
 func (f *fakeEngine) DiskUsage(context.Context) (types.DiskUsage, error) {

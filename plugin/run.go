@@ -195,7 +195,27 @@ func (r *Run) pruneInOrder(ctx context.Context, rep *report.Report, snap engine.
 	if r.Config.DryRun {
 		return report.DecisionDryRun, nil
 	}
-	return report.DecisionPruned, nil
+	return prunedDecision(rep.Phases), nil
+}
+
+// prunedDecision names what a real run's phases did: pruned only when one removed something
+// (an object, bytes, a tag); nothing to prune when they ran and found nothing; every phase
+// skipped when none ran.
+func prunedDecision(phases []report.PhaseReport) string {
+	ran := false
+	for _, p := range phases {
+		if p.Status != report.StatusRemoved {
+			continue
+		}
+		ran = true
+		if p.Count > 0 || p.Bytes > 0 || p.Layers > 0 || len(p.Untagged) > 0 {
+			return report.DecisionPruned
+		}
+	}
+	if ran {
+		return report.DecisionNothingToPrune
+	}
+	return report.DecisionPhasesSkipped
 }
 
 // newPhases is the phases in the order they run, none run yet.

@@ -140,6 +140,38 @@ func TestRunConflictSkipsPhase(t *testing.T) {
 	}
 }
 
+// The decision names what the phases did: pruned only when one removed something; nothing to
+// prune when they ran and found nothing; every phase skipped when another prune held each one.
+func TestRunDecisionNamesWhatHappened(t *testing.T) {
+	busy := fmt.Errorf("%w (Error response from daemon: a prune operation is already running)", engine.ErrPruneRunning)
+	for _, c := range []struct {
+		name     string
+		engine   *fakeEngine
+		decision string
+		statuses []string
+	}{
+		{"something removed", withOldObjects(&fakeEngine{}), report.DecisionPruned,
+			[]string{"containers=removed", "images=removed", "build_cache=removed"}},
+		{"nothing old enough", &fakeEngine{}, report.DecisionNothingToPrune,
+			[]string{"containers=removed", "images=removed", "build_cache=removed"}},
+		{"another prune held every phase", &fakeEngine{
+			pruneContainers: func(context.Context, filters.Args) ([]string, uint64, error) { return nil, 0, busy },
+			pruneImages:     func(context.Context, filters.Args) ([]string, []string, uint64, error) { return nil, nil, 0, busy },
+			cacheErr:        busy,
+		}, report.DecisionPhasesSkipped, []string{"containers=skipped", "images=skipped", "build_cache=skipped"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			rep, err := testRun(t, c.engine, nil).Execute(context.Background())
+			if err != nil || rep.ExitCode != outcome.ExitOK || rep.Decision != c.decision {
+				t.Fatalf("exit %d, %v, decision %q; want 0, %q", rep.ExitCode, err, rep.Decision, c.decision)
+			}
+			if got := phaseStatuses(rep); !slices.Equal(got, c.statuses) {
+				t.Errorf("phases %q, want %q", got, c.statuses)
+			}
+		})
+	}
+}
+
 // A stop (signal or timeout) while a prune is answering: the phase is reported with what the
 // engine said it removed, the later phases are not run, and the run exits 1 saying where it
 // stopped. A prune whose answer never comes is reported interrupted.

@@ -12,7 +12,12 @@ import (
 // Decisions, as the summary's first line gives them.
 const (
 	DecisionKeptCache = "kept cache: below threshold"
-	DecisionPruned    = "pruned"
+	// DecisionPruned is a real run whose phases removed something; DecisionNothingToPrune one
+	// whose phases ran and found nothing to remove; DecisionPhasesSkipped one whose every phase was
+	// skipped (another prune held it, or labels ruled it out): each phase says why.
+	DecisionPruned         = "pruned"
+	DecisionNothingToPrune = "nothing to prune"
+	DecisionPhasesSkipped  = "skipped: every phase"
 	DecisionDryRun    = "dry run"
 	DecisionError     = "error"
 	// DecisionFleet is a fleet run that ran on the nodes; each node's row has its own decision.
