@@ -39,6 +39,10 @@ func Main(ctx context.Context, inv Invocation) int {
 		return outcome.ExitCode(err)
 	}
 	cfg.ApplyCI(ReadCIEnvironment(inv.Getenv))
+	if err := cfg.CheckCIDestinations(); err != nil {
+		fmt.Fprintln(inv.Stderr, "drone-gated-prune:", err)
+		return outcome.ExitCode(err)
+	}
 	log := newLogger(inv.Stderr, cfg)
 
 	client, err := engine.New(nil)

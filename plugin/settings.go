@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"github.com/xrash/smetrics"
+	"golang.org/x/sys/unix"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
 	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
@@ -198,6 +199,23 @@ func (c Config) Destinations() report.Destinations {
 	return report.Destinations{Card: c.CI.CardPath, Outputs: c.CI.OutputFile, Summary: c.SummaryFile, Metrics: c.MetricsFile}
 }
 
+// CheckCIDestinations refuses, as invalid settings and before anything is contacted, a card path
+// or $DRONE_OUTPUT the run could not write: the settings' own files are checked as they are read.
+// Drone's /dev/stdout (or /dev/stderr) card goes into the log.
+func (c Config) CheckCIDestinations() error {
+	if p := c.CI.CardPath; p != "" && p != "/dev/stdout" && p != "/dev/stderr" {
+		if _, err := ParseOutputPath(p); err != nil {
+			return &SettingError{Key: "DRONE_CARD_PATH", Value: p, Accepted: err.Error()}
+		}
+	}
+	if p := c.CI.OutputFile; p != "" {
+		if _, err := ParseAppendPath(p); err != nil {
+			return &SettingError{Key: "DRONE_OUTPUT", Value: p, Accepted: err.Error()}
+		}
+	}
+	return nil
+}
+
 // ParseDirectory accepts an absolute path to an existing directory.
 func ParseDirectory(v string) (string, error) {
 	if !filepath.IsAbs(v) {
@@ -236,10 +254,50 @@ func ParseOutputPath(v string) (string, error) {
 	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 		return "", fmt.Errorf("a file path in an existing directory (%s: %s)", dir, statProblem(err))
 	}
-	if st, err := os.Stat(v); err == nil && st.IsDir() {
-		return "", fmt.Errorf("a file path, not a directory")
+	if st, err := os.Stat(v); err == nil && !st.Mode().IsRegular() {
+		if st.IsDir() {
+			return "", fmt.Errorf("a file path, not a directory")
+		}
+		return "", fmt.Errorf("a path to a regular file (%s is %s)", v, fileKind(st.Mode()))
+	}
+	// The file is replaced atomically: a new file in the directory, renamed over the old one.
+	if err := unix.Access(dir, unix.W_OK); err != nil {
+		return "", fmt.Errorf("a file path in a directory this run may write (%s: %v)", dir, err)
 	}
 	return v, nil
+}
+
+// ParseAppendPath accepts the path of a file the run appends to ($DRONE_OUTPUT): a regular file
+// it may write, or one it may create in an existing directory.
+func ParseAppendPath(v string) (string, error) {
+	st, err := os.Stat(v)
+	switch {
+	case err == nil && !st.Mode().IsRegular():
+		return "", fmt.Errorf("a path to a regular file (%s is %s)", v, fileKind(st.Mode()))
+	case err == nil:
+		if err := unix.Access(v, unix.W_OK); err != nil {
+			return "", fmt.Errorf("a file this run may write (%v)", err)
+		}
+		return v, nil
+	}
+	return ParseOutputPath(v)
+}
+
+// fileKind names a file type for messages.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return "not a regular file"
 }
 
 func statProblem(err error) string {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
+	"golang.org/x/sys/unix"
 )
 
 var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
@@ -247,6 +248,49 @@ func TestFleetSettingsNeedFleet(t *testing.T) {
 		var se *SettingError
 		if !errors.As(err, &se) || se.Key != key || se.Value != value {
 			t.Errorf("%s without fleet: %v; want a setting error naming %s=%q", key, err, key, value)
+		}
+	}
+}
+
+// Paths the outputs go to are checked before the run: a device, a directory, a read-only
+// directory are refused as invalid settings naming the setting; Drone's /dev/stdout card is not.
+func TestOutputPathsCheckedBeforeTheRun(t *testing.T) {
+	readOnly := t.TempDir()
+	if err := unix.Mount("tmpfs", readOnly, "tmpfs", unix.MS_RDONLY, "size=1m"); err != nil {
+		t.Skipf("cannot mount a read-only tmpfs here (it takes root, as the engine tests do): %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(readOnly, 0) })
+	for _, c := range []struct{ key, value string }{
+		{"metrics_file", "/dev/full"},
+		{"summary_file", "/dev/null"},
+		{"metrics_file", filepath.Join(readOnly, "prune.prom")},
+		{"summary_file", t.TempDir()},
+	} {
+		_, err := ParseConfig(map[string]string{c.key: c.value}, now)
+		var se *SettingError
+		if !errors.As(err, &se) || se.Key != c.key {
+			t.Errorf("%s=%s: %v; want a setting error naming %s", c.key, c.value, err, c.key)
+		}
+	}
+	writable := filepath.Join(t.TempDir(), "out.env")
+	for _, c := range []struct {
+		card, output, refused string
+	}{
+		{"/dev/stdout", writable, ""},
+		{"/dev/stderr", "", ""},
+		{filepath.Join(readOnly, "card.json"), "", "DRONE_CARD_PATH"},
+		{"/dev/stdout", "/dev/full", "DRONE_OUTPUT"},
+		{"", filepath.Join(readOnly, "out.env"), "DRONE_OUTPUT"},
+	} {
+		cfg, err := ParseConfig(map[string]string{}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.CI.CardPath, cfg.CI.OutputFile = c.card, c.output
+		err = cfg.CheckCIDestinations()
+		var se *SettingError
+		if c.refused == "" && err != nil || c.refused != "" && (!errors.As(err, &se) || se.Key != c.refused) {
+			t.Errorf("card %q output %q: %v; want refused %q", c.card, c.output, err, c.refused)
 		}
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/moby/sys/atomicwriter"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
 )
 
 // Human renders a byte count as the summary does (go-units: 1.5GiB).
@@ -241,22 +242,51 @@ type Destinations struct {
 	Summary, Metrics string
 }
 
-// Emit writes every summary: text on stdout always, then the card, the outputs, the JSON summary
-// and the metrics. It returns every write error, joined.
+// Emit writes every summary so that none states an exit code other than the process's: the files
+// first (summary_file, metrics_file, a card path that is a file, then $DRONE_OUTPUT, which is
+// appended to and so written once), then the text on stdout and the card there. When a file
+// cannot be written and the run had not failed otherwise, the run fails with exit 1: r says so,
+// naming the setting and the path, and the files already written are written again. It returns
+// the write errors, joined, each naming its setting and path.
 func Emit(stdout io.Writer, to Destinations, r *Report) error {
+	type file struct {
+		setting, path string
+		write         func() error
+	}
+	files := []file{
+		{"summary_file", to.Summary, func() error { return WriteJSONFile(to.Summary, r) }},
+		{"metrics_file", to.Metrics, func() error { return writeMetrics(to.Metrics, r) }},
+	}
+	if to.Card != "/dev/stdout" && to.Card != "/dev/stderr" {
+		files = append(files, file{"DRONE_CARD_PATH", to.Card, func() error { return WriteCard(stdout, to.Card, r) }})
+	}
+	files = append(files, file{"DRONE_OUTPUT", to.Outputs, func() error { return WriteOutputs(to.Outputs, r) }})
 	var errs []error
+	var written []file
+	for _, f := range files {
+		if f.path == "" {
+			continue
+		}
+		err := f.write()
+		if err == nil {
+			written = append(written, f)
+			continue
+		}
+		errs = append(errs, fmt.Errorf("writing %s %s: %w", f.setting, f.path, err))
+		if r.ExitCode != outcome.ExitOK {
+			continue // the run failed already: its code stands
+		}
+		r.ExitCode, r.Error = outcome.ExitRuntime, errs[len(errs)-1].Error()
+		for _, w := range written {
+			// Written again with the exit code the process will give ($DRONE_OUTPUT comes last).
+			if err := w.write(); err != nil {
+				errs = append(errs, fmt.Errorf("writing %s %s: %w", w.setting, w.path, err))
+			}
+		}
+	}
 	errs = append(errs, WriteText(stdout, r))
-	if to.Card != "" {
+	if to.Card == "/dev/stdout" || to.Card == "/dev/stderr" {
 		errs = append(errs, WriteCard(stdout, to.Card, r))
-	}
-	if to.Outputs != "" {
-		errs = append(errs, WriteOutputs(to.Outputs, r))
-	}
-	if to.Summary != "" {
-		errs = append(errs, WriteJSONFile(to.Summary, r))
-	}
-	if to.Metrics != "" {
-		errs = append(errs, writeMetrics(to.Metrics, r))
 	}
 	return errors.Join(errs...)
 }

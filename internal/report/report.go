@@ -18,8 +18,8 @@ const (
 	DecisionPruned         = "pruned"
 	DecisionNothingToPrune = "nothing to prune"
 	DecisionPhasesSkipped  = "skipped: every phase"
-	DecisionDryRun    = "dry run"
-	DecisionError     = "error"
+	DecisionDryRun         = "dry run"
+	DecisionError          = "error"
 	// DecisionFleet is a fleet run that ran on the nodes; each node's row has its own decision.
 	DecisionFleet = "fleet: ran on every node"
 )

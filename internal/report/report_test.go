@@ -202,3 +202,28 @@ func TestReadCard(t *testing.T) {
 		t.Fatal("a log without a card must be an error")
 	}
 }
+
+// A file that cannot be written after the run turns exit 0 into exit 1, and every output still
+// written says so: the JSON summary (written before the failure, written again), $DRONE_OUTPUT,
+// the text on stdout. The error names the setting and the path.
+func TestEmitFailedWriteSaysExit1(t *testing.T) {
+	dir := t.TempDir()
+	summary, outputs := filepath.Join(dir, "summary.json"), filepath.Join(dir, "out.env")
+	r := sampleReport()
+	var stdout bytes.Buffer
+	err := Emit(&stdout, Destinations{Summary: summary, Metrics: "/dev/full", Outputs: outputs}, r)
+	if err == nil || !strings.Contains(err.Error(), "writing metrics_file /dev/full") {
+		t.Fatalf("error %v; want one naming metrics_file /dev/full", err)
+	}
+	var written Report
+	data, _ := os.ReadFile(summary)
+	if err := json.Unmarshal(data, &written); err != nil || written.ExitCode != 1 || !strings.Contains(written.Error, "metrics_file /dev/full") {
+		t.Errorf("summary_file: exit %d error %q (%v); want 1 naming metrics_file", written.ExitCode, written.Error, err)
+	}
+	if out, _ := os.ReadFile(outputs); !strings.Contains(string(out), "EXIT_CODE=1\n") || strings.Contains(string(out), "EXIT_CODE=0") {
+		t.Errorf("$DRONE_OUTPUT says:\n%s", out)
+	}
+	if !strings.HasSuffix(stdout.String(), "; exit 1\n") || !strings.Contains(stdout.String(), "error: writing metrics_file /dev/full") {
+		t.Errorf("stdout ends:\n%s", stdout.String()[max(0, stdout.Len()-300):])
+	}
+}
