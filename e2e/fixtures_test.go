@@ -124,6 +124,7 @@ type serviceSpec struct {
 	cmd         []string // default /sleeper
 	mode        *swarm.ServiceMode
 	update      *swarm.UpdateConfig
+	restart     *swarm.RestartPolicy
 }
 
 func makeService(t testing.TB, spec serviceSpec) string {
@@ -144,6 +145,7 @@ func makeService(t testing.TB, spec serviceSpec) string {
 		TaskTemplate: swarm.TaskSpec{
 			ContainerSpec: &swarm.ContainerSpec{Image: harness.SleeperImage, Command: cmd, Labels: labels},
 			Placement:     &swarm.Placement{Constraints: spec.constraints},
+			RestartPolicy: spec.restart,
 		},
 		Mode:         mode,
 		UpdateConfig: spec.update,

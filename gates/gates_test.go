@@ -177,3 +177,46 @@ func TestUnconvergedSaysWhatItCouldSee(t *testing.T) {
 		t.Errorf("no-swarm case not reported: %+v", v)
 	}
 }
+
+// A service that had a task fail within CrashLoopWindow is converging even with its task count
+// met (a crash loop between failures); one whose restart attempts are spent is reported as not
+// converging on its own and holds nothing; an old failure is history.
+func TestCrashLoops(t *testing.T) {
+	now := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	failed := func(ago time.Duration) []FailedTask {
+		return []FailedTask{{ID: "t1", At: now.Add(-ago), Exit: 1, Message: "task: non-zero exit (1)"}}
+	}
+	for _, c := range []struct {
+		name     string
+		s        Service
+		open     bool
+		evidence string
+		warning  string
+	}{
+		{"looping, a replacement running", Service{Name: "loop", Mode: "replicated", Running: 1, Desired: 1, Unended: 1, FailedTasks: failed(time.Minute)},
+			false, "service loop restarted a failed task in the last 10m0s (1/1 running): task t1 failed at 2026-12-04T11:59:00Z, exit 1: task: non-zero exit (1)", ""},
+		{"looping, between tasks", Service{Name: "loop", Mode: "replicated", Running: 0, Desired: 1, Unended: 1, FailedTasks: failed(time.Second)},
+			false, "restarted a failed task", ""},
+		{"failed long ago, running since", Service{Name: "ok", Mode: "replicated", Running: 1, Desired: 1, Unended: 1, FailedTasks: failed(time.Hour)},
+			true, "", ""},
+		{"restart limit spent", Service{Name: "dead", Mode: "replicated", Running: 0, Desired: 1, RestartLimit: 2, FailedTasks: append(failed(time.Minute), FailedTask{ID: "t2", At: now.Add(-30 * time.Second), Exit: 1}, FailedTask{ID: "t3", At: now.Add(-10 * time.Second), Exit: 1})},
+			true, "", "service dead will not converge on its own: 3 failed task(s), restart limit reached (0/1 running; last: task t3 at 2026-12-04T11:59:50Z, exit 1)"},
+		{"no restart policy, failed", Service{Name: "once", Mode: "replicated", Running: 0, Desired: 1, NoRestart: true, FailedTasks: failed(time.Minute)},
+			true, "", "service once will not converge on its own"},
+		{"a job whose task failed", Service{Name: "job", Mode: "replicated-job", Running: 0, Desired: 1, FailedTasks: failed(time.Minute)},
+			true, "", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			v := Unconverged(Workload{Swarm: SwarmManager, Now: now, Services: []Service{c.s}})
+			if v.Open != c.open {
+				t.Fatalf("open %v, want %v: %+v", v.Open, c.open, v)
+			}
+			if c.evidence != "" && !strings.Contains(strings.Join(v.Evidence, "\n"), c.evidence) {
+				t.Errorf("evidence %q lacks %q", v.Evidence, c.evidence)
+			}
+			if got := strings.Join(v.Warnings, "\n"); c.warning != "" && !strings.Contains(got, c.warning) || c.warning == "" && strings.Contains(got, "will not converge") {
+				t.Errorf("warnings %q, want %q", v.Warnings, c.warning)
+			}
+		})
+	}
+}

@@ -44,6 +44,46 @@ type Service struct {
 	Desired uint64 `json:"desired"`
 	// UpdateState is the service's UpdateStatus.State ("updating", "rollback_started", ...), or "".
 	UpdateState string `json:"update_state,omitempty"`
+	// FailedTasks are the service's tasks that failed or were rejected, as far as the swarm's task
+	// history keeps them; Unended counts its tasks that have not ended (new to running).
+	FailedTasks []FailedTask `json:"failed_tasks,omitempty"`
+	Unended     int          `json:"unended"`
+	// RestartLimit is the restart policy's maximum attempts (0: no limit); NoRestart is a policy
+	// whose condition is "none".
+	RestartLimit uint64 `json:"restart_limit,omitempty"`
+	NoRestart    bool   `json:"no_restart,omitempty"`
+}
+
+// FailedTask is one task of a service that failed: when (the task's status time, on the daemon's
+// clock), with which exit code, and the swarm's message.
+type FailedTask struct {
+	ID      string    `json:"id"`
+	At      time.Time `json:"at"`
+	Exit    int       `json:"exit"`
+	Message string    `json:"message,omitempty"`
+}
+
+// CrashLoopWindow is how recently a service must have had a task fail for it to count as
+// converging though its task count is met: the swarm is restarting it, and the failed task
+// containers are what an operator debugs the loop with.
+const CrashLoopWindow = 10 * time.Minute
+
+// restartsSpent reports whether the swarm has stopped replacing the service's failed tasks: fewer
+// running than desired, no task left that has not ended, a task that failed, and a restart policy
+// that limits the attempts (or makes none).
+func (s Service) restartsSpent() bool {
+	return s.Running < s.Desired && s.Unended == 0 && len(s.FailedTasks) > 0 && (s.RestartLimit > 0 || s.NoRestart)
+}
+
+// lastFailure is the service's most recent failed task.
+func (s Service) lastFailure() (FailedTask, bool) {
+	var last FailedTask
+	for _, t := range s.FailedTasks {
+		if t.At.After(last.At) {
+			last = t
+		}
+	}
+	return last, len(s.FailedTasks) > 0
 }
 
 // IsJob reports whether the service runs to completion rather than staying up.
@@ -92,6 +132,9 @@ type Workload struct {
 	// Self is the ID (or its 12-character prefix, as the container's hostname) of the plugin's
 	// own container, when it runs in one; never a live run.
 	Self string `json:"-"`
+	// Now is the daemon's clock when the workload was read, against which a failed task is recent
+	// (CrashLoopWindow).
+	Now time.Time `json:"-"`
 }
 
 // LabelSelector matches a label by key, or by key and value.
@@ -268,12 +311,20 @@ func Unconverged(w Workload) Verdict {
 		v.Warnings = append(v.Warnings, "not in a swarm: only container checks apply")
 	}
 	for _, s := range w.Services {
+		last, failed := s.lastFailure()
 		switch {
 		case s.UpdateState == "updating" || s.UpdateState == "rollback_started":
 			v.Evidence = append(v.Evidence, fmt.Sprintf("service %s is %s (%d/%d running)", s.Name, strings.ReplaceAll(s.UpdateState, "_", " "), s.Running, s.Desired))
 		case s.IsJob():
 			// A job's desired count is what is still to run; a finished job reports 0/0 and a
 			// running one is doing its work, not converging towards a state.
+		case s.restartsSpent():
+			// The swarm has given up: nothing here converges by waiting.
+			v.Warnings = append(v.Warnings, fmt.Sprintf("service %s will not converge on its own: %d failed task(s), restart limit reached (%d/%d running; last: task %s at %s, %s)",
+				s.Name, len(s.FailedTasks), s.Running, s.Desired, last.ID, last.At.UTC().Format(time.RFC3339), failure(last)))
+		case failed && !last.At.Before(w.Now.Add(-CrashLoopWindow)):
+			v.Evidence = append(v.Evidence, fmt.Sprintf("service %s restarted a failed task in the last %s (%d/%d running): task %s failed at %s, %s",
+				s.Name, CrashLoopWindow, s.Running, s.Desired, last.ID, last.At.UTC().Format(time.RFC3339), failure(last)))
 		case s.Running < s.Desired:
 			v.Evidence = append(v.Evidence, fmt.Sprintf("service %s has %d/%d tasks running", s.Name, s.Running, s.Desired))
 		}
@@ -301,4 +352,12 @@ func Unconverged(w Workload) Verdict {
 		v.Reason = "no container is restarting or starting"
 	}
 	return v
+}
+
+// failure says how a task failed.
+func failure(t FailedTask) string {
+	if t.Message != "" {
+		return fmt.Sprintf("exit %d: %s", t.Exit, t.Message)
+	}
+	return fmt.Sprintf("exit %d", t.Exit)
 }

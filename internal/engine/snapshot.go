@@ -31,7 +31,8 @@ type Snapshot struct {
 }
 
 // Snapshot asks the daemon for its clock and swarm role (GET /info), the swarm services with
-// their task counts (GET /services?status=true, managers only) and the containers that can be live
+// their task counts and their tasks that failed or have not ended (GET /services?status=true and
+// GET /tasks, managers only) and the containers that can be live
 // (GET /containers/json: created, running, paused, restarting; on a worker this includes the
 // node's own task containers not yet started), each request with its own deadline. The number of
 // calls does not grow with the number of objects.
@@ -51,6 +52,7 @@ func (e *Client) Snapshot(ctx context.Context) (Snapshot, error) {
 	}
 	self, _ := os.Hostname()
 	s.Workload.Self = self
+	s.Workload.Now = s.DaemonTime
 	role, ok := swarmRole(info.Swarm)
 	if !ok {
 		// A swarm that cannot report on itself: the gates cannot be evaluated, so fail closed.
@@ -112,9 +114,54 @@ func (e *Client) services(ctx context.Context) ([]gates.Service, error) {
 		if sv.UpdateStatus != nil {
 			g.UpdateState = string(sv.UpdateStatus.State)
 		}
+		if rp := sv.Spec.TaskTemplate.RestartPolicy; rp != nil {
+			g.NoRestart = rp.Condition == swarm.RestartPolicyConditionNone
+			if rp.MaxAttempts != nil {
+				g.RestartLimit = *rp.MaxAttempts
+			}
+		}
 		out = append(out, g)
 	}
-	return out, nil
+	if len(out) == 0 {
+		return out, nil
+	}
+	return out, e.taskHistory(ctx, out)
+}
+
+// taskHistory adds to each service its failed tasks and the number of its tasks not yet ended
+// (GET /tasks, every task the swarm keeps: one request).
+func (e *Client) taskHistory(ctx context.Context, services []gates.Service) error {
+	ctx, cancel := e.query(ctx)
+	defer cancel()
+	tasks, err := e.api.TaskList(ctx, swarm.TaskListOptions{})
+	if cerrdefs.IsUnavailable(err) {
+		return err // demoted meanwhile: Snapshot judges it as a worker
+	}
+	if err != nil {
+		return e.failed("listing swarm tasks for the no-converge gate (GET /tasks)", err)
+	}
+	byID := map[string]*gates.Service{}
+	for i := range services {
+		byID[services[i].ID] = &services[i]
+	}
+	for _, t := range tasks {
+		s := byID[t.ServiceID]
+		if s == nil {
+			continue
+		}
+		switch t.Status.State {
+		case swarm.TaskStateFailed, swarm.TaskStateRejected:
+			f := gates.FailedTask{ID: t.ID, At: t.Status.Timestamp, Message: t.Status.Err}
+			if t.Status.ContainerStatus != nil {
+				f.Exit = t.Status.ContainerStatus.ExitCode
+			}
+			s.FailedTasks = append(s.FailedTasks, f)
+		case swarm.TaskStateComplete, swarm.TaskStateShutdown, swarm.TaskStateOrphaned, swarm.TaskStateRemove:
+		default:
+			s.Unended++
+		}
+	}
+	return nil
 }
 
 func serviceMode(m swarm.ServiceMode) string {
