@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -272,6 +273,17 @@ func TestConcurrentRuns(t *testing.T) {
 	for i, r := range results {
 		if r.code != 0 {
 			t.Errorf("run %d: exit %d: %s", i, r.code, r.stderr)
+		}
+		// The decision names what this run's phases did: another prune held each (409), they
+		// removed something, or they ran and found nothing.
+		want := report.DecisionNothingToPrune
+		if !slices.ContainsFunc(r.report.Phases, func(ph report.PhaseReport) bool { return ph.Status != report.StatusSkipped }) {
+			want = report.DecisionPhasesSkipped
+		} else if slices.ContainsFunc(r.report.Phases, func(ph report.PhaseReport) bool { return ph.Count > 0 }) {
+			want = report.DecisionPruned
+		}
+		if r.report.Decision != want {
+			t.Errorf("run %d: decision %q, want %q for phases %+v", i, r.report.Decision, want, r.report.Phases)
 		}
 		for _, ph := range r.report.Phases {
 			for _, o := range ph.Objects {
