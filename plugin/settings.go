@@ -203,7 +203,7 @@ func (c Config) Destinations() report.Destinations {
 // or $DRONE_OUTPUT the run could not write: the settings' own files are checked as they are read.
 // Drone's /dev/stdout (or /dev/stderr) card goes into the log.
 func (c Config) CheckCIDestinations() error {
-	if p := c.CI.CardPath; p != "" && p != "/dev/stdout" && p != "/dev/stderr" {
+	if p := c.CI.CardPath; p != "" && !report.CardInLog(p) {
 		if _, err := ParseOutputPath(p); err != nil {
 			return &SettingError{Key: "DRONE_CARD_PATH", Value: p, Accepted: err.Error()}
 		}

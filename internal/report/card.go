@@ -69,12 +69,16 @@ type CardPhase struct {
 	Reason    string `json:"reason"`
 }
 
+// CardInLog reports whether a card path is the step's log (Drone's /dev/stdout, or /dev/stderr),
+// where the card is framed for the runner to lift out rather than written as a file.
+func CardInLog(path string) bool { return path == "/dev/stdout" || path == "/dev/stderr" }
+
 // WriteCard writes the Drone card: to /dev/stdout (or /dev/stderr) as one write of
 // ESC]1338; + base64(JSON) + ESC]0m on its own line, which the runner lifts out of the log;
 // to any other path as plain JSON.
 func WriteCard(stdout io.Writer, path string, r *Report) error {
 	card := Card{Schema: CardSchema, Data: NewCardData(r)}
-	if path != "/dev/stdout" && path != "/dev/stderr" {
+	if !CardInLog(path) {
 		return WriteJSONFile(path, card)
 	}
 	data, err := json.Marshal(card)

@@ -257,7 +257,7 @@ func Emit(stdout io.Writer, to Destinations, r *Report) error {
 		{"summary_file", to.Summary, func() error { return WriteJSONFile(to.Summary, r) }},
 		{"metrics_file", to.Metrics, func() error { return writeMetrics(to.Metrics, r) }},
 	}
-	if to.Card != "/dev/stdout" && to.Card != "/dev/stderr" {
+	if !CardInLog(to.Card) {
 		files = append(files, file{"DRONE_CARD_PATH", to.Card, func() error { return WriteCard(stdout, to.Card, r) }})
 	}
 	files = append(files, file{"DRONE_OUTPUT", to.Outputs, func() error { return WriteOutputs(to.Outputs, r) }})
@@ -285,7 +285,7 @@ func Emit(stdout io.Writer, to Destinations, r *Report) error {
 		}
 	}
 	errs = append(errs, WriteText(stdout, r))
-	if to.Card == "/dev/stdout" || to.Card == "/dev/stderr" {
+	if CardInLog(to.Card) {
 		errs = append(errs, WriteCard(stdout, to.Card, r))
 	}
 	return errors.Join(errs...)
