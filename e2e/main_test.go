@@ -23,6 +23,9 @@ import (
 
 func TestMain(m *testing.M) {
 	code := harness.Main(m, "e2e", "..", func() (func(), error) {
+		if err := harness.BuildPluginBin(); err != nil {
+			return nil, err
+		}
 		if v := os.Getenv(harness.NestedEnv); v != "" {
 			if err := flag.Set("test.run", harness.NestedRun); err != nil {
 				return nil, err

@@ -32,8 +32,11 @@ import (
 var (
 	// API is the client of the engine under test (DOCKER_HOST), set by Main.
 	API *client.Client
-	// PluginBin and SleeperBin are the plugin binary and the sleeper, built by Main.
+	// SleeperBin is the sleeper, built by Main; PluginBin the plugin binary, built by
+	// BuildPluginBin for the packages that run it.
 	PluginBin, SleeperBin string
+	// workDir is Main's temporary directory, where the binaries are built.
+	workDir string
 	// Root is the repository's root, an absolute path.
 	Root string
 	// ContainerdStore is true when the engine keeps images in the containerd image store (Docker
@@ -68,8 +71,8 @@ const NestedReport = "e2e-short-run.txt"
 // the package. Without an answering engine it runs no test and says so on stderr, unless
 // DGP_REQUIRE_ENGINE=1 (CI), where a missing engine is a failure. It waits until no other package
 // of engine tests runs on this engine (a lock file per engine; not inside the project's test
-// pipeline, whose host run holds it), reads the engine's image store, builds the plugin binary and
-// the sleeper, calls before when not nil (what it returns runs after the tests) and runs the tests.
+// pipeline, whose host run holds it), reads the engine's image store, builds the sleeper, calls
+// before when not nil (what it returns runs after the tests) and runs the tests.
 func Main(m *testing.M, pkg, root string, before func() (after func(), err error)) int {
 	flag.Parse()
 	var err error
@@ -112,9 +115,9 @@ func Main(m *testing.M, pkg, root string, before func() (after func(), err error
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	PluginBin = filepath.Join(dir, "drone-gated-prune")
+	workDir = dir
 	SleeperBin = filepath.Join(dir, "sleeper")
-	if err := fixtures.BuildStatic(map[string]string{PluginBin: Root, SleeperBin: filepath.Join(Root, "e2e", "testdata", "sleeper")}, "e2e"); err != nil {
+	if err := fixtures.BuildStatic(map[string]string{SleeperBin: filepath.Join(Root, "e2e", "testdata", "sleeper")}, "e2e"); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", pkg, err)
 		return 1
 	}
@@ -131,6 +134,13 @@ func Main(m *testing.M, pkg, root string, before func() (after func(), err error
 	code := m.Run()
 	_, _ = API.ImageRemove(context.Background(), SleeperImage, image.RemoveOptions{Force: true})
 	return code
+}
+
+// BuildPluginBin builds the plugin binary (PluginBin) from the repository, for a package whose
+// tests run it as a process; Main's before is the place to call it.
+func BuildPluginBin() error {
+	PluginBin = filepath.Join(workDir, "drone-gated-prune")
+	return fixtures.BuildStatic(map[string]string{PluginBin: Root}, "e2e")
 }
 
 // lockEngine waits for, then takes, this engine's lock: `go test ./...` starts the packages'
