@@ -97,7 +97,7 @@ func TestLiveRuns(t *testing.T) {
 			RunPolicy{Labels: []LabelSelector{{Key: "io.drone"}}, Own: OwnRun{Labels: map[string]string{DroneRepoLabel: "me/r", DroneBuildLabel: "4"}}}, true, ""},
 		{"other build of same repo counts", Workload{Containers: []Container{{Name: "step", State: "running", Labels: map[string]string{"io.drone": "true", DroneRepoLabel: "me/r", DroneBuildLabel: "5"}}}},
 			RunPolicy{Labels: []LabelSelector{{Key: "io.drone"}}, Own: OwnRun{Labels: map[string]string{DroneRepoLabel: "me/r", DroneBuildLabel: "4"}}}, false, "io.drone"},
-		{"self ignored", Workload{Self: "0123456789ab", Containers: []Container{{ID: "0123456789abcdef", Name: "ci-run-9-prune", State: "running"}}}, ciRun, true, ""},
+		{"self ignored", Workload{Self: []string{"0123456789ab"}, Containers: []Container{{ID: "0123456789abcdef", Name: "ci-run-9-prune", State: "running"}}}, ciRun, true, ""},
 		{"paused counts", Workload{Containers: []Container{{Name: "ci-run-6", State: "paused"}}}, ciRun, false, `container "ci-run-6" (paused)`},
 		{"restarting counts", Workload{Containers: []Container{{Name: "ci-run-6", State: "restarting"}}}, ciRun, false, "restarting"},
 		{"created after the cutoff counts", Workload{Containers: []Container{{Name: "a", State: "created", Created: cutoff.Add(time.Second),

@@ -129,9 +129,12 @@ type Workload struct {
 	// Containers holds the containers in a state that can be live (created, running, paused,
 	// restarting).
 	Containers []Container `json:"containers,omitempty"`
-	// Self is the ID (or its 12-character prefix, as the container's hostname) of the plugin's
-	// own container, when it runs in one; never a live run.
-	Self string `json:"-"`
+	// Self holds what names the plugin's own container, when it runs in one: its hostname (the
+	// container ID's 12-character prefix unless the CI set another) and the IDs in the paths of
+	// its /etc/hostname, /etc/hosts and /etc/resolv.conf (a container sharing another's network,
+	// as an Actions runner's step shares its job container's, has that container's). A container
+	// whose ID starts with one is never a live run.
+	Self []string `json:"-"`
 	// Now is the daemon's clock when the workload was read, against which a failed task is recent
 	// (CrashLoopWindow).
 	Now time.Time `json:"-"`
@@ -158,12 +161,53 @@ func (l LabelSelector) Matches(labels map[string]string) bool {
 	return ok && (!l.HasValue || v == l.Value)
 }
 
-// OwnRun names the CI build or workflow the plugin runs in, so that its own step containers are
+// OwnRun names the CI build, workflow or job the plugin runs in, so that its own containers are
 // not mistaken for a live run: a container carrying every one of Labels (Drone: repository and
-// build number), or attached to Network (Woodpecker: the workflow's default network), is its own.
+// build number), attached to Network (Woodpecker: the workflow's default network), or named with
+// NamePrefix (an Actions-format runner's task or job) is its own.
 type OwnRun struct {
-	Labels  map[string]string
-	Network string
+	Labels     map[string]string
+	Network    string
+	NamePrefix string
+	// SelfNetwork, when set, finds Network on the plugin's own container: the one of its networks
+	// this matches (Woodpecker names every workflow's network <prefix>_default, 1.x to 3.x).
+	SelfNetwork *regexp.Regexp
+	// SelfName, when set, finds NamePrefix in the plugin's own container's name: its first
+	// submatch (an Actions-format runner names every container of a job with one prefix).
+	SelfName *regexp.Regexp
+}
+
+// Resolve fills Network and NamePrefix from the plugin's own container in the workload, where
+// SelfNetwork or SelfName ask for it. The warning says why the own run could not be found: its
+// containers then count as live runs (prune less).
+func (o OwnRun) Resolve(w Workload) (OwnRun, string) {
+	if o.SelfNetwork == nil && o.SelfName == nil {
+		return o, ""
+	}
+	self, found := w.self()
+	if !found {
+		return o, fmt.Sprintf("the plugin's own container (%s) is not among the live containers: its own run's containers count as live runs", strings.Join(w.Self, ", "))
+	}
+	if o.SelfNetwork != nil {
+		var nets []string
+		for _, n := range self.Networks {
+			if o.SelfNetwork.MatchString(n) {
+				nets = append(nets, n)
+			}
+		}
+		if len(nets) != 1 {
+			return o, fmt.Sprintf("the plugin's own container %s is on networks %q, not on exactly one matching %q: its own workflow's containers count as live runs", self.Name, self.Networks, o.SelfNetwork)
+		}
+		o.Network = nets[0]
+	}
+	if o.SelfName != nil {
+		m := o.SelfName.FindStringSubmatch(self.Name)
+		if len(m) < 2 || m[1] == "" {
+			return o, fmt.Sprintf("the plugin's own container name %q does not match %q: its own job's containers count as live runs", self.Name, o.SelfName)
+		}
+		o.NamePrefix = m[1]
+	}
+	return o, ""
 }
 
 // Owns reports whether a container belongs to the plugin's own build or workflow.
@@ -177,7 +221,8 @@ func (o OwnRun) Owns(c Container) bool {
 			return true
 		}
 	}
-	return o.Network != "" && slices.Contains(c.Networks, o.Network)
+	return (o.Network != "" && slices.Contains(c.Networks, o.Network)) ||
+		(o.NamePrefix != "" && strings.HasPrefix(c.Name, o.NamePrefix))
 }
 
 // String names the own run for the summary.
@@ -189,6 +234,9 @@ func (o OwnRun) String() string {
 	if o.Network != "" {
 		parts = append(parts, "network "+o.Network)
 	}
+	if o.NamePrefix != "" {
+		parts = append(parts, "containers named "+o.NamePrefix+"*")
+	}
 	return strings.Join(parts, ", ")
 }
 
@@ -198,6 +246,9 @@ type RunPolicy struct {
 	Patterns []*regexp.Regexp
 	// Labels match live containers.
 	Labels []LabelSelector
+	// JobNames match live containers' names, except the own run's (an Actions-format runner's
+	// job containers carry no label, only a name with the runner's prefix).
+	JobNames []*regexp.Regexp
 	// Own is the plugin's own build or workflow, ignored by Labels.
 	Own OwnRun
 	// Source says where Labels came from when no setting gave them (a CI's own run label).
@@ -210,18 +261,33 @@ type RunPolicy struct {
 }
 
 func (w Workload) isSelf(c Container) bool {
-	return w.Self != "" && len(w.Self) >= 12 && strings.HasPrefix(c.ID, w.Self)
+	return slices.ContainsFunc(w.Self, func(id string) bool { return len(id) >= 12 && strings.HasPrefix(c.ID, id) })
+}
+
+// self is the plugin's own container among the live ones, or the container whose network it
+// shares (both name the same run).
+func (w Workload) self() (Container, bool) {
+	i := slices.IndexFunc(w.Containers, w.isSelf)
+	if i < 0 {
+		return Container{}, false
+	}
+	return w.Containers[i], true
 }
 
 // LiveRuns closes the gate when any live run matches the policy. With neither patterns nor labels
 // it stays open and says loudly that it had nothing to look for.
 func LiveRuns(w Workload, p RunPolicy) Verdict {
 	v := Verdict{Gate: NoRunGate, Warnings: slices.Clone(p.Warnings)}
-	if len(p.Patterns) == 0 && len(p.Labels) == 0 {
+	if len(p.Patterns) == 0 && len(p.Labels) == 0 && len(p.JobNames) == 0 {
 		v.Open = true
 		v.Reason = "no stack_pattern or run_labels set: this gate cannot see CI runs and lets every prune through"
 		v.Warnings = append(v.Warnings, "NO-RUN GATE IS BLIND: set stack_pattern or run_labels so a live CI run holds the prune")
 		return v
+	}
+	own, warning := p.Own.Resolve(w)
+	p.Own = own
+	if warning != "" {
+		v.Warnings = append(v.Warnings, warning)
 	}
 	seen := map[string]bool{}
 	add := func(what string) {
@@ -271,6 +337,11 @@ func LiveRuns(w Workload, p RunPolicy) Verdict {
 				add(fmt.Sprintf("container %q carries run label %s", c.Name, sel))
 			}
 		}
+		for _, re := range p.JobNames {
+			if re.MatchString(c.Name) {
+				add(fmt.Sprintf("container %q (%s) is a job container (%q)", c.Name, c.State, re))
+			}
+		}
 	}
 	sort.Strings(v.Evidence)
 	if len(v.Evidence) > 0 {
@@ -289,6 +360,9 @@ func describePolicy(p RunPolicy) string {
 	}
 	for _, l := range p.Labels {
 		parts = append(parts, "label "+l.String())
+	}
+	for _, re := range p.JobNames {
+		parts = append(parts, fmt.Sprintf("container name %q", re))
 	}
 	s := strings.Join(parts, ", ")
 	if p.Source != "" {

@@ -12,18 +12,23 @@ import (
 const (
 	CIDrone      = "Drone"
 	CIWoodpecker = "Woodpecker"
+	CIGitea      = "Gitea Actions"
+	CIForgejo    = "Forgejo Actions"
+	CIAct        = "act"
 )
 
-// CIEnvironment is what the CI system tells the step about itself, read from DRONE_* / CI_*.
+// CIEnvironment is what the CI system tells the step about itself, read from DRONE_* / CI_* /
+// GITHUB_ACTIONS and its kin.
 type CIEnvironment struct {
-	// System is CIDrone, CIWoodpecker or "" outside any CI the plugin knows.
+	// System is one of the CI* names above, or "" outside any CI the plugin knows.
 	System string
-	// Own identifies the build or workflow the step belongs to.
+	// Own identifies the build, workflow or job the step belongs to.
 	Own gates.OwnRun
 	// RunLabel is the label every step container of this CI carries: the default run_labels.
 	RunLabel string
-	// Warning is set when the own run cannot be told apart.
-	Warning string
+	// JobNames matches the names of this CI's job containers, which carry no label (the
+	// Actions-format runners): the default live run there.
+	JobNames *regexp.Regexp
 	// CardPath is DRONE_CARD_PATH: /dev/stdout gets an encoded card, any other path plain JSON.
 	CardPath string
 	// OutputFile is DRONE_OUTPUT (Harness CI): KEY=value lines.
@@ -34,11 +39,32 @@ type CIEnvironment struct {
 }
 
 // ciIdentity are the variables from which ReadCIEnvironment tells the CI and the own run.
-var ciIdentity = []string{"CI", "CI_SYSTEM_NAME", "CI_STEP_NAME", "DRONE", "DRONE_REPO", "DRONE_BUILD_NUMBER"}
+var ciIdentity = []string{"CI", "CI_SYSTEM_NAME", "DRONE", "DRONE_REPO", "DRONE_BUILD_NUMBER",
+	"GITHUB_ACTIONS", "GITEA_ACTIONS", "FORGEJO_ACTIONS", "ACT"}
 
-// woodpeckerStep is Woodpecker's internal step name, <workflow prefix>_step_<n> (also _services_<n>
-// and _clone[_<n>]), given to the step as CI_STEP_NAME by Woodpecker 1.x.
-var woodpeckerStep = regexp.MustCompile(`^(.+)_(step|services|clone)(_[0-9]+)?$`)
+// woodpeckerNetwork is the network Woodpecker gives every workflow, <prefix>_default, from 1.x to
+// 3.x; every step and service of the workflow joins it. (CI_STEP_NAME carried the prefix in 1.x
+// only: since 2.2 it is the step's YAML name.)
+var woodpeckerNetwork = regexp.MustCompile(`_default$`)
+
+// actionsRunner is how one GitHub-Actions-format runner names its job containers: every container
+// of one job (the job container, its services, its docker:// steps) starts with the prefix that
+// own's first submatch takes from the plugin's own container name, and any name matching jobs is a
+// job of that runner.
+type actionsRunner struct {
+	system, env string
+	jobs, own   *regexp.Regexp
+}
+
+// actionsRunners are checked in order: act_runner and the Forgejo runner are built on act and may
+// set ACT=true as well. Gitea act_runner: GITEA-ACTIONS-TASK-<task id>_WORKFLOW-<name>_JOB-<job>
+// (a docker:// step adds _STEP-<n>); Forgejo runner: FORGEJO-ACTIONS-TASK-<task id>_<hashed
+// workflow part>; act: act-<workflow>-<job>-<hash> (docs/usage.md).
+var actionsRunners = []actionsRunner{
+	{CIForgejo, "FORGEJO_ACTIONS", regexp.MustCompile(`^FORGEJO-ACTIONS-TASK-`), regexp.MustCompile(`^(FORGEJO-ACTIONS-TASK-[0-9]+_)`)},
+	{CIGitea, "GITEA_ACTIONS", regexp.MustCompile(`^GITEA-ACTIONS-TASK-`), regexp.MustCompile(`^(GITEA-ACTIONS-TASK-[0-9]+_)`)},
+	{CIAct, "ACT", regexp.MustCompile(`^act-`), regexp.MustCompile(`^(act-[A-Za-z0-9-]{1,59})`)},
+}
 
 // ReadCIEnvironment reads which CI the step runs in and how its own containers are recognised.
 // Woodpecker is checked first: it also sets Drone's DRONE_BUILD_NUMBER for compatibility.
@@ -49,17 +75,22 @@ func ReadCIEnvironment(getenv func(string) string) CIEnvironment {
 	}
 	switch {
 	case getenv("CI") == "woodpecker" || getenv("CI_SYSTEM_NAME") == "woodpecker":
+		// Every step, service and clone container carries wp_uuid (its own UUID); what the
+		// containers of one workflow share is the workflow's network, read off the plugin's own
+		// container when the gate looks.
 		ci.System, ci.RunLabel = CIWoodpecker, gates.WoodpeckerStepLabel
-		// Woodpecker 1.x labels a step container with its own UUID only; what the steps of one
-		// workflow share is the workflow's default network, named after the step's prefix.
-		if m := woodpeckerStep.FindStringSubmatch(getenv("CI_STEP_NAME")); m != nil {
-			ci.Own.Network = m[1] + "_default"
-		} else {
-			ci.Warning = fmt.Sprintf("inside Woodpecker, but CI_STEP_NAME %q does not name the workflow: containers of this step's own workflow count as live runs", getenv("CI_STEP_NAME"))
-		}
+		ci.Own.SelfNetwork = woodpeckerNetwork
 	case getenv("DRONE") == "true" || getenv("DRONE_BUILD_NUMBER") != "":
 		ci.System, ci.RunLabel = CIDrone, gates.DroneBuildLabel
 		ci.Own.Labels = map[string]string{gates.DroneRepoLabel: getenv("DRONE_REPO"), gates.DroneBuildLabel: getenv("DRONE_BUILD_NUMBER")}
+	case getenv("GITHUB_ACTIONS") == "true":
+		for _, r := range actionsRunners {
+			if getenv(r.env) == "true" {
+				ci.System, ci.JobNames = r.system, r.jobs
+				ci.Own.SelfName = r.own
+				break
+			}
+		}
 	}
 	return ci
 }
@@ -69,15 +100,19 @@ func ReadCIEnvironment(getenv func(string) string) CIEnvironment {
 func (c *Config) ApplyCI(ci CIEnvironment) {
 	c.CI = ci
 	c.Runs.Own = ci.Own
-	if ci.Warning != "" {
-		c.Runs.Warnings = append(c.Runs.Warnings, ci.Warning)
-	}
-	if ci.RunLabel == "" {
+	if ci.RunLabel == "" && ci.JobNames == nil {
 		return
 	}
 	if len(c.Runs.Patterns) == 0 && len(c.Runs.Labels) == 0 {
-		c.Runs.Labels = []gates.LabelSelector{{Key: ci.RunLabel}}
+		if ci.RunLabel != "" {
+			c.Runs.Labels = []gates.LabelSelector{{Key: ci.RunLabel}}
+		} else {
+			c.Runs.JobNames = []*regexp.Regexp{ci.JobNames}
+		}
 		c.Runs.Source = "default inside " + ci.System + ": neither stack_pattern nor run_labels is set"
+		return
+	}
+	if ci.RunLabel == "" {
 		return
 	}
 	if !slices.ContainsFunc(c.Runs.Labels, func(l gates.LabelSelector) bool { return l.Key == ci.RunLabel }) {

@@ -49,7 +49,7 @@ func (r *Run) pruneContainers(ctx context.Context, p *pruning, ph *report.PhaseR
 	p.containersGone = map[string]bool{}
 	ph.Filters = PruneFilterText(p.cutoff, r.Config.Labels)
 	if r.Config.DryRun {
-		listed, err := r.Engine.StoppedContainers(ctx, stoppedListFilters(r.Config.Labels))
+		listed, err := r.Engine.StoppedContainers(ctx, stoppedListFilters(r.Config.Labels, p.store))
 		if err != nil {
 			return err
 		}
@@ -80,7 +80,7 @@ func (r *Run) pruneContainers(ctx context.Context, p *pruning, ph *report.PhaseR
 // is used where it removes exactly the plan; elsewhere the plan is deleted image by image.
 func (r *Run) pruneImages(ctx context.Context, p *pruning, ph *report.PhaseReport) error {
 	ph.Filters = append(PruneFilterText(p.cutoff, r.Config.Labels), "dangling=true")
-	if !r.Config.DryRun && len(r.Config.Labels) == 0 {
+	if !r.Config.DryRun && len(r.Config.Labels) == 0 && p.store.HasBuildCache() {
 		// What the build-cache phase may remove, before this phase frees the records an image shared.
 		// A listing another client holds skips the build-cache phase, as a prune it holds would.
 		var err error
@@ -249,7 +249,7 @@ func (r *Run) deleteImages(ctx context.Context, plan []report.Object, all []imag
 // pruneBuildCache removes (or lists) unused build cache last used before the cutoff; with labels
 // set it is skipped, since the engine ignores labels there and would prune outside them.
 func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *report.PhaseReport) error {
-	if skipForLabels(r.Config, ph) {
+	if skipForLabels(r.Config, ph) || skipWithoutBuildCache(p.store, ph) {
 		return nil
 	}
 	ph.Filters = []string{"until=" + p.cutoff.UTC().Format(time.RFC3339) + " (sent as its age on the daemon's clock)"}
@@ -285,7 +285,7 @@ func (r *Run) pruneBuildCache(ctx context.Context, p *pruning, ph *report.PhaseR
 // BuildKit is sent is the budget plus their size. A dry run says how much is over the
 // budget: BuildKit picks the records only when it prunes.
 func (r *Run) pruneBuildCacheToBudget(ctx context.Context, p *pruning, ph *report.PhaseReport) error {
-	if skipForLabels(r.Config, ph) {
+	if skipForLabels(r.Config, ph) || skipWithoutBuildCache(p.store, ph) {
 		return nil
 	}
 	records, err := r.Engine.BuildCache(ctx)
@@ -315,6 +315,17 @@ func (r *Run) pruneBuildCacheToBudget(ctx context.Context, p *pruning, ph *repor
 	}
 	setRemoved(ph, ids, bytes)
 	return nil
+}
+
+// skipWithoutBuildCache skips a build-cache phase, in a dry run as in a real one, on an engine
+// that has no build cache to prune.
+func skipWithoutBuildCache(store engine.Store, ph *report.PhaseReport) bool {
+	if store.HasBuildCache() {
+		return false
+	}
+	ph.Status = report.StatusSkipped
+	ph.Reason = store.Engine + " has no build-cache prune (POST /build/prune answers 404): nothing of this phase runs"
+	return true
 }
 
 // skipForLabels skips a build-cache phase when labels is set: the engine ignores labels there and

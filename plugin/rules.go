@@ -69,9 +69,14 @@ func PruneFilterText(cutoff time.Time, labels []gates.LabelSelector) []string {
 }
 
 // stoppedListFilters lists what the container prune considers: created, exited and dead
-// containers carrying labels. The list takes no label!= filter (withoutKeepLabel).
-func stoppedListFilters(labels []gates.LabelSelector) filters.Args {
-	return withLabels(filters.NewArgs(filters.Arg("status", "created"), filters.Arg("status", "exited"), filters.Arg("status", "dead")), labels)
+// containers carrying labels (on Podman, which has no "dead" state and refuses a filter naming
+// one: created, exited and stopped). The list takes no label!= filter (withoutKeepLabel).
+func stoppedListFilters(labels []gates.LabelSelector, store engine.Store) filters.Args {
+	last := "dead"
+	if store.Podman {
+		last = "stopped"
+	}
+	return withLabels(filters.NewArgs(filters.Arg("status", "created"), filters.Arg("status", "exited"), filters.Arg("status", last)), labels)
 }
 
 // danglingListFilters lists the heads the image prune considers: untagged images without children

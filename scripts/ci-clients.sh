@@ -5,7 +5,7 @@
 # prints one line per client: NAME=ABSOLUTE_PATH_OF_THE_BINARY. A binary already in the cache is
 # reused without touching the network, so a second call returns at once.
 #
-#   CLIENT  drone-runner-docker or woodpecker-cli (default: both)
+#   CLIENT  drone-runner-docker, woodpecker-cli, woodpecker-cli-3 or act (default: all four)
 #
 # The clients, pinned:
 #   drone-runner-docker  github.com/drone-runners/drone-runner-docker@v1.8.3, package .
@@ -13,6 +13,11 @@
 #   woodpecker-cli       github.com/woodpecker-ci/woodpecker@v1.0.5, package ./cmd/cli
 #                        (`woodpecker-cli exec FILE` runs one workflow; the vanity path
 #                        go.woodpecker-ci.org/woodpecker is not served by every proxy)
+#   woodpecker-cli-3     woodpecker-cli 3.17.0, which the module proxy does not serve: decompressed
+#                        from ../shared/ci-clients/woodpecker-cli-3.17.0.xz (beside this checkout,
+#                        or DGP_SHARED) and checked against the sha256 its README gives
+#   act                  github.com/nektos/act@v0.2.89, package . (`act` runs a GitHub Actions
+#                        workflow locally on the Docker engine)
 #
 # Each is built as the MAIN module: its go.mod has replace directives (drone-runner-docker
 # replaces github.com/docker/docker), and Go ignores the replace directives of a dependency, so
@@ -38,6 +43,8 @@ client_spec() {
 	case "$1" in
 	drone-runner-docker) echo "github.com/drone-runners/drone-runner-docker v1.8.3 ." ;;
 	woodpecker-cli) echo "github.com/woodpecker-ci/woodpecker v1.0.5 ./cmd/cli" ;;
+	woodpecker-cli-3) echo "shared 3.17.0 -" ;;
+	act) echo "github.com/nektos/act v0.2.89 ." ;;
 	*) return 1 ;;
 	esac
 }
@@ -51,6 +58,29 @@ module_dir() {
 	printf '%s\n' "$json" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",\{0,1\}$/\1/p'
 }
 
+# from_shared NAME VERSION OUT: a client carried in ../shared/ci-clients as NAME-VERSION.xz
+# (woodpecker-cli-3 is the file woodpecker-cli-3.17.0.xz), decompressed and checked.
+from_shared() {
+	shared="${DGP_SHARED:-$(cd "$(dirname "$0")/.." && pwd)/../shared}"
+	xz_file="${shared}/ci-clients/${1%-3}-${2}.xz"
+	if [ ! -f "$xz_file" ]; then
+		echo "ci-clients.sh: ${xz_file} is absent: ${1} ${2} cannot be had from the module proxy" >&2
+		return 1
+	fi
+	want="$(sed -n 's/^sha256 of the decompressed binary: `\([0-9a-f]\{64\}\)`.*/\1/p' "${shared}/ci-clients/README.md")"
+	mkdir -p "$bindir"
+	xz -dc "$xz_file" >"${3}.tmp.$$"
+	got="$(sha256sum "${3}.tmp.$$" | cut -d' ' -f1)"
+	if [ -z "$want" ] || [ "$got" != "$want" ]; then
+		rm -f "${3}.tmp.$$"
+		echo "ci-clients.sh: ${xz_file} decompresses to sha256 ${got}, its README says '${want}'" >&2
+		return 1
+	fi
+	chmod +x "${3}.tmp.$$"
+	mv -f "${3}.tmp.$$" "$3"
+	echo "${1}=${3}"
+}
+
 build() {
 	name="$1"
 	read -r module version pkg <<EOF
@@ -60,6 +90,10 @@ EOF
 	if [ -x "$out" ]; then
 		echo "${name}=${out}"
 		return 0
+	fi
+	if [ "$module" = shared ]; then
+		from_shared "$name" "$version" "$out"
+		return
 	fi
 	echo "ci-clients.sh: building ${name} ${version} from ${module}@${version}" >&2
 	mkdir -p "$bindir"
@@ -91,11 +125,11 @@ EOF
 }
 
 if [ "$#" -eq 0 ]; then
-	set -- drone-runner-docker woodpecker-cli
+	set -- drone-runner-docker woodpecker-cli woodpecker-cli-3 act
 fi
 for c in "$@"; do
 	if ! client_spec "$c" >/dev/null; then
-		echo "ci-clients.sh: unknown client ${c} (want drone-runner-docker or woodpecker-cli)" >&2
+		echo "ci-clients.sh: unknown client ${c} (want drone-runner-docker, woodpecker-cli, woodpecker-cli-3 or act)" >&2
 		exit 2
 	fi
 done

@@ -33,6 +33,9 @@ import (
 const (
 	ciDroneClient      = "drone-runner-docker"
 	ciWoodpeckerClient = "woodpecker-cli"
+	// woodpecker-cli 3.x, carried in ../shared/ci-clients (scripts/ci-clients.sh).
+	ciWoodpecker3Client = "woodpecker-cli-3"
+	ciActClient         = "act"
 	// The image name the repository's .drone.yml uses; the tests run harness.PluginImageTag in its place.
 	ciPublishedImage = "dronegatedprune/drone-gated-prune"
 	// Where a step finds the host socket, and where the plugin writes its JSON summary.
@@ -72,7 +75,7 @@ func ciClient(t *testing.T, name string) string {
 	t.Helper()
 	ciClients.once.Do(func() {
 		start := time.Now()
-		cmd := exec.Command("sh", filepath.Join(harness.Root, "scripts", "ci-clients.sh"), ciDroneClient, ciWoodpeckerClient)
+		cmd := exec.Command("sh", filepath.Join(harness.Root, "scripts", "ci-clients.sh"), ciDroneClient, ciWoodpeckerClient, ciWoodpecker3Client, ciActClient)
 		var stdout, stderr bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
@@ -737,7 +740,10 @@ volumes:
 	}
 
 	t.Run("woodpecker/concurrent-workflows", func(t *testing.T) {
-		ciWoodpeckerWorkflows(t, ciClient(t, ciWoodpeckerClient), socket)
+		ciWoodpeckerWorkflows(t, ciClient(t, ciWoodpeckerClient), socket, false)
+	})
+	t.Run("woodpecker-3/concurrent-workflows", func(t *testing.T) {
+		ciWoodpeckerWorkflows(t, ciClient(t, ciWoodpecker3Client), socket, true)
 	})
 
 	// The post-run cleanup pipeline as written: its build step compiles this repository in the
@@ -981,14 +987,14 @@ func ciReadFile(t *testing.T, path string) []byte {
 	return data
 }
 
-// ciWatchNetwork polls the engine until stopped and returns the IDs of the containers running
-// image that it saw attached to the network (so a test knows a workflow's service really ran).
-// It touches no testing.TB.
-func ciWatchNetwork(network, image string) (stop func() []string) {
+// ciWatch polls the engine until stopped and returns the IDs of the containers running image that
+// matched f while it polled.
+func ciWatch(f filters.Args, image string) (stop func() []string) {
 	done, result := make(chan struct{}), make(chan []string, 1)
 	go func() {
 		seen := map[string]bool{}
-		f := filters.NewArgs(filters.Arg("network", network), filters.Arg("status", "running"))
+		f = f.Clone()
+		f.Add("status", "running")
 		for {
 			if cs, err := harness.API.ContainerList(harness.Ctx(), container.ListOptions{Filters: f}); err == nil {
 				for _, c := range cs {
@@ -1013,16 +1019,24 @@ func ciWatchNetwork(network, image string) (stop func() []string) {
 }
 
 // ciWoodpeckerWorkflow is one `woodpecker-cli exec` of one workflow file. Woodpecker names a
-// workflow's network, volume and step names after a prefix (the server gives every workflow its
-// own; exec uses "woodpecker" unless told), so each workflow here gets a unique one.
+// workflow's network, volume and step names after a prefix. 1.0.5's exec takes it from
+// WOODPECKER_PREFIX (default "woodpecker"), so each workflow here gets a unique one; 3.x's exec
+// makes its own (wp_<ULID>) and labels each container with its YAML step name (wp_step), so the
+// workflow's containers are found by step names unique to the test (tag).
 type ciWoodpeckerWorkflow struct {
 	bin, file, prefix string
+	v3                bool
+	tag               string
 	pipeline          int
 	number            int
 }
 
 func (w ciWoodpeckerWorkflow) command(ctx context.Context) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, w.bin, "exec", "--repo-trusted", "--backend-engine", "docker",
+	trusted := "--repo-trusted"
+	if w.v3 {
+		trusted = "--repo-trusted-volumes"
+	}
+	cmd := exec.CommandContext(ctx, w.bin, "exec", trusted, "--backend-engine", "docker",
 		"--pipeline-number", fmt.Sprint(w.pipeline), "--workflow-number", fmt.Sprint(w.number), w.file)
 	cmd.Dir = filepath.Dir(w.file)
 	cmd.Env = ciClientEnv("WOODPECKER_PREFIX=" + w.prefix)
@@ -1030,23 +1044,44 @@ func (w ciWoodpeckerWorkflow) command(ctx context.Context) *exec.Cmd {
 	return cmd
 }
 
-// network is the workflow's default network, which every step and service joins.
-func (w ciWoodpeckerWorkflow) network() string { return w.prefix + "_default" }
+// step is the filter for the workflow's container of one YAML step or service (name+tag).
+func (w ciWoodpeckerWorkflow) step(name string) filters.Args {
+	if w.v3 {
+		return filters.NewArgs(filters.Arg("label", "wp_step="+name+w.tag))
+	}
+	return filters.NewArgs(filters.Arg("network", w.prefix+"_default"), filters.Arg("label", ciWoodpeckerStepLabel))
+}
 
-// cleanup removes what a killed exec left: containers on the workflow's network, the network
-// and the workspace volume.
+// cleanup removes what a killed exec left: the workflow's containers, its networks and the
+// volumes named after them.
 func (w ciWoodpeckerWorkflow) cleanup(t *testing.T) {
 	cs, err := harness.API.ContainerList(harness.Ctx(), container.ListOptions{All: true, Filters: filters.NewArgs(filters.Arg("label", ciWoodpeckerStepLabel))})
 	if err != nil {
 		t.Errorf("listing Woodpecker containers: %v", err)
 	}
+	nets := map[string]bool{w.prefix + "_default": !w.v3}
 	for _, c := range cs {
-		if c.NetworkSettings != nil && c.NetworkSettings.Networks[w.network()] != nil {
-			_ = harness.API.ContainerRemove(harness.Ctx(), c.ID, container.RemoveOptions{Force: true})
+		if c.NetworkSettings == nil {
+			continue
+		}
+		mine := w.v3 && strings.HasSuffix(c.Labels["wp_step"], w.tag)
+		for n := range c.NetworkSettings.Networks {
+			mine = mine || (!w.v3 && n == w.prefix+"_default")
+		}
+		if !mine {
+			continue
+		}
+		for n := range c.NetworkSettings.Networks {
+			nets[n] = strings.HasSuffix(n, "_default")
+		}
+		_ = harness.API.ContainerRemove(harness.Ctx(), c.ID, container.RemoveOptions{Force: true})
+	}
+	for n, ok := range nets {
+		if ok {
+			_ = harness.API.NetworkRemove(harness.Ctx(), n)
+			_ = harness.API.VolumeRemove(harness.Ctx(), n, true)
 		}
 	}
-	_ = harness.API.NetworkRemove(harness.Ctx(), w.network())
-	_ = harness.API.VolumeRemove(harness.Ctx(), w.network(), true)
 }
 
 // run execs the workflow to its end and reads the plugin's summary from outDir.
@@ -1063,9 +1098,9 @@ func (w ciWoodpeckerWorkflow) run(t *testing.T, outDir string) (int, report.Repo
 	case errors.As(err, &exit):
 		code = exit.ExitCode()
 	case err != nil:
-		t.Fatalf("running %s exec: %v\n%s", ciWoodpeckerClient, err, out)
+		t.Fatalf("running %s exec: %v\n%s", w.bin, err, out)
 	}
-	t.Logf("%s exec %s (prefix %s): exit %d in %s\n%s", ciWoodpeckerClient, filepath.Base(w.file), w.prefix, code, time.Since(start).Round(time.Millisecond), out)
+	t.Logf("%s exec %s (prefix %s): exit %d in %s\n%s", filepath.Base(w.bin), filepath.Base(w.file), w.prefix, code, time.Since(start).Round(time.Millisecond), out)
 	data, err := os.ReadFile(filepath.Join(outDir, ciSummaryName))
 	if err != nil {
 		t.Fatalf("the plugin step wrote no summary: %v", err)
@@ -1079,54 +1114,60 @@ func (w ciWoodpeckerWorkflow) run(t *testing.T, outDir string) (int, report.Repo
 }
 
 // Two workflows of one Woodpecker pipeline at once: A holds a long step; B has a service of its
-// own running and a plugin step with neither stack_pattern nor run_labels. B's plugin must see A
-// (and skip), must not see its own service, and must let the prune through once A is gone.
-func ciWoodpeckerWorkflows(t *testing.T, bin, socket string) {
+// own running and a plugin step with neither stack_pattern nor run_labels. B's plugin must prune
+// beside its own service with no warning, must see A (and skip), and must prune once A is gone.
+// v3 runs woodpecker-cli 3.x, whose CI_STEP_NAME no longer names the workflow.
+func ciWoodpeckerWorkflows(t *testing.T, bin, socket string, v3 bool) {
 	dir := t.TempDir()
 	outDir := t.TempDir()
 	id := fixtures.RandomHex(3)
-	a := ciWoodpeckerWorkflow{bin: bin, prefix: "wp_dgp" + id + "a", pipeline: 42, number: 1,
+	a := ciWoodpeckerWorkflow{bin: bin, v3: v3, tag: id + "a", prefix: "wp_dgp" + id + "a", pipeline: 42, number: 1,
 		file: ciWriteFile(t, dir, "a.yml", fmt.Sprintf(`skip_clone: true
 steps:
-  work:
+  work%sa:
     image: %s
     pull: false
-`, harness.SleeperImage))}
-	b := ciWoodpeckerWorkflow{bin: bin, prefix: "wp_dgp" + id + "b", pipeline: 42, number: 2,
+`, id, harness.SleeperImage))}
+	b := ciWoodpeckerWorkflow{bin: bin, v3: v3, tag: id + "b", prefix: "wp_dgp" + id + "b", pipeline: 42, number: 2,
 		file: ciWriteFile(t, dir, "b.yml", fmt.Sprintf(`skip_clone: true
 services:
-  helper:
-    image: %s
+  helper%[1]sb:
+    image: %[2]s
     pull: false
 steps:
-  prune:
-    image: %s
+  prune%[1]sb:
+    image: %[3]s
     pull: false
     settings:
       force: true
-      dry_run: true
-      summary_file: %s/%s
+      summary_file: %[4]s/%[5]s
     volumes:
-      - %s:%s
-      - %s:%s
-`, harness.SleeperImage, harness.PluginImageTag, ciStepOutDir, ciSummaryName, socket, ciStepSocket, outDir, ciStepOutDir))}
+      - %[6]s:%[7]s
+      - %[8]s:%[4]s
+`, id, harness.SleeperImage, harness.PluginImageTag, ciStepOutDir, ciSummaryName, socket, ciStepSocket, outDir))}
 	t.Cleanup(func() { a.cleanup(t); b.cleanup(t) })
 
-	// B alone: its own service container runs while its plugin step does, and is no live run.
-	stop := ciWatchNetwork(b.network(), harness.SleeperImage)
+	// B alone: its own service container runs while its plugin step does, is no live run, and
+	// the old dangling image goes.
+	old := harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
+	stop := ciWatch(b.step("helper"), harness.SleeperImage)
 	code, r := b.run(t, outDir)
 	if helpers := stop(); len(helpers) != 1 {
-		t.Fatalf("saw %d running %s containers on workflow B's network %s; want its one service", len(helpers), harness.SleeperImage, b.network())
+		t.Fatalf("saw %d running %s containers of workflow B's service; want its one service", len(helpers), harness.SleeperImage)
 	}
-	if code != 0 || r.Decision != report.DecisionDryRun {
-		t.Fatalf("workflow B alone: exit %d decision %q; want 0, %q", code, r.Decision, report.DecisionDryRun)
+	if code != 0 || r.Decision != report.DecisionPruned || harness.Exists(t, "image", old) {
+		t.Fatalf("workflow B alone: exit %d decision %q, old dangling image kept %v; want 0, %q, removed", code, r.Decision, harness.Exists(t, "image", old), report.DecisionPruned)
 	}
 	ciWantNoRunOpen(t, r)
+	if v := ciNoRunVerdict(t, r); len(v.Warnings) > 0 || !strings.Contains(v.Reason, "own run ignored: network ") {
+		t.Errorf("workflow B alone: no-run gate %q with warnings %q; want its own network ignored and no warning", v.Reason, v.Warnings)
+	}
 
-	// A running: B skips, naming A's step container.
+	// A running: B skips, naming A's step container, and the old dangling image stays.
+	old = harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 	c, cancel := context.WithCancel(harness.Ctx())
 	bg := startCIProcess(t, a.command(c), cancel)
-	work := ciRunningContainer(t, "workflow A's step", filters.NewArgs(filters.Arg("network", a.network())))
+	work := ciRunningContainer(t, "workflow A's step", a.step("work"))
 	name := ciContainerName(work)
 	t.Logf("workflow A runs %s with labels %v", name, work.Labels)
 	if _, ok := work.Labels[ciWoodpeckerStepLabel]; !ok {
@@ -1140,8 +1181,11 @@ steps:
 		t.Errorf("workflow B exit %d", code)
 	}
 	ciWantSkippedBy(t, r, name)
+	if !harness.Exists(t, "image", old) {
+		t.Errorf("the old dangling image was removed while workflow A ran")
+	}
 
-	// A gone: the gate opens again.
+	// A gone: the gate opens again and B prunes.
 	bg.interrupt(t)
 	if !harness.WaitFor(t, 60*time.Second, "workflow A's containers are gone", func() (bool, error) {
 		return !harness.Exists(t, "container", work.ID), nil
@@ -1149,8 +1193,8 @@ steps:
 		t.FailNow()
 	}
 	code, r = b.run(t, outDir)
-	if code != 0 || r.Decision != report.DecisionDryRun {
-		t.Fatalf("workflow B after A: exit %d decision %q; want 0, %q", code, r.Decision, report.DecisionDryRun)
+	if code != 0 || r.Decision != report.DecisionPruned || harness.Exists(t, "image", old) {
+		t.Fatalf("workflow B after A: exit %d decision %q; want 0, %q and the old dangling image removed", code, r.Decision, report.DecisionPruned)
 	}
 	ciWantNoRunOpen(t, r)
 }

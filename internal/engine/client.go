@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -19,6 +20,8 @@ import (
 // Client is a connection to one Docker Engine.
 type Client struct {
 	api *client.Client
+	// server watches the answers for Podman's header.
+	server *serverWatch
 	// QueryTimeout bounds each read (info, one list, one inspect); PruneTimeout bounds each prune or
 	// delete.
 	QueryTimeout time.Duration
@@ -33,16 +36,53 @@ type Client struct {
 // not nil, is used as it is, and must already dial the daemon (the benchmarks count requests with
 // a wrapping transport).
 func New(httpClient *http.Client) (*Client, error) {
-	var opts []client.Opt
-	if httpClient != nil {
-		opts = append(opts, client.WithHTTPClient(httpClient))
+	if httpClient == nil {
+		base, err := client.NewClientWithOpts(client.FromEnv)
+		if err != nil {
+			return nil, &outcome.RuntimeError{What: "connecting to the Docker daemon", Err: err}
+		}
+		httpClient = base.HTTPClient()
 	}
-	opts = append(opts, client.FromEnv, client.WithAPIVersionNegotiation())
-	api, err := client.NewClientWithOpts(opts...)
+	watch := &serverWatch{next: httpClient.Transport}
+	if watch.next == nil {
+		watch.next = http.DefaultTransport
+	}
+	hc := *httpClient
+	hc.Transport = watch
+	api, err := client.NewClientWithOpts(client.FromEnv, client.WithHTTPClient(&hc), client.WithAPIVersionNegotiation())
 	if err != nil {
 		return nil, &outcome.RuntimeError{What: "connecting to the Docker daemon", Err: err}
 	}
-	return &Client{api: api, QueryTimeout: 30 * time.Second, PruneTimeout: 5 * time.Minute, StopGrace: 3 * time.Second}, nil
+	return &Client{api: api, server: watch, QueryTimeout: 30 * time.Second, PruneTimeout: 5 * time.Minute, StopGrace: 3 * time.Second}, nil
+}
+
+// libpodHeader is the header Podman's Docker-compatible service puts on every answer (its own API
+// version, "4.3.1"); Docker sends none. The Engine API's bodies do not tell the two apart.
+const libpodHeader = "Libpod-Api-Version"
+
+// serverWatch notes, from the answers that pass anyway, whether the daemon is Podman: no request
+// of its own.
+type serverWatch struct {
+	next   http.RoundTripper
+	libpod atomic.Pointer[string]
+}
+
+func (s *serverWatch) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := s.next.RoundTrip(r)
+	if err == nil {
+		if v := resp.Header.Get(libpodHeader); v != "" {
+			s.libpod.Store(&v)
+		}
+	}
+	return resp, err
+}
+
+// podman is Podman's version when the daemon answered as Podman, or "".
+func (e *Client) podman() string {
+	if v := e.server.libpod.Load(); v != nil {
+		return *v
+	}
+	return ""
 }
 
 // Close releases the client's connections.

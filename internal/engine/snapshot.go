@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -50,8 +51,7 @@ func (e *Client) Snapshot(ctx context.Context) (Snapshot, error) {
 	if err != nil {
 		return s, &outcome.RuntimeError{What: "reading the daemon's clock from GET /info", Err: err}
 	}
-	self, _ := os.Hostname()
-	s.Workload.Self = self
+	s.Workload.Self = selfNames()
 	s.Workload.Now = s.DaemonTime
 	role, ok := swarmRole(info.Swarm)
 	if !ok {
@@ -60,10 +60,15 @@ func (e *Client) Snapshot(ctx context.Context) (Snapshot, error) {
 			Err: fmt.Errorf("this node's swarm state is %q %s", info.Swarm.LocalNodeState, info.Swarm.Error)}
 	}
 	s.Workload.Swarm = role
-	s.Store = readStore(info)
+	s.Store = readStore(info, e.podman())
 	if s.Workload.Swarm == gates.SwarmManager {
 		services, err := e.services(ctx)
 		switch {
+		case cerrdefs.IsNotFound(err):
+			// An engine without the swarm endpoints (Podman answers 404 or 503 there): not a swarm.
+			s.Workload.Swarm = gates.SwarmNone
+		case cerrdefs.IsUnavailable(err) && s.Store.Podman:
+			s.Workload.Swarm = gates.SwarmNone
 		case cerrdefs.IsUnavailable(err):
 			// Demoted between the two calls: judge it as a worker.
 			s.Workload.Swarm = gates.SwarmWorker
@@ -96,7 +101,7 @@ func (e *Client) services(ctx context.Context) ([]gates.Service, error) {
 	ctx, cancel := e.query(ctx)
 	defer cancel()
 	list, err := e.api.ServiceList(ctx, swarm.ServiceListOptions{Status: true})
-	if cerrdefs.IsUnavailable(err) {
+	if cerrdefs.IsUnavailable(err) || cerrdefs.IsNotFound(err) {
 		return nil, err
 	}
 	if err != nil {
@@ -176,13 +181,22 @@ func serviceMode(m swarm.ServiceMode) string {
 	return "replicated"
 }
 
+// liveStates are the container states that can be live. Podman has no "restarting" state and
+// refuses a filter that names one ("unknown container state", HTTP 500).
+func liveStates(podman bool) []string {
+	if podman {
+		return []string{"created", "running", "paused"}
+	}
+	return []string{"created", "running", "paused", "restarting"}
+}
+
 // liveContainers lists the containers in a state that can be live: created, running, paused or
 // restarting (exited and dead ones cannot hold a run).
 func (e *Client) liveContainers(ctx context.Context) ([]gates.Container, error) {
 	ctx, cancel := e.query(ctx)
 	defer cancel()
 	f := filters.NewArgs()
-	for _, state := range []string{"created", "running", "paused", "restarting"} {
+	for _, state := range liveStates(e.podman() != "") {
 		f.Add("status", state)
 	}
 	list, err := e.api.ContainerList(ctx, container.ListOptions{All: true, Filters: f})
@@ -220,3 +234,40 @@ func health(status string) string {
 	}
 	return ""
 }
+
+// selfNames is what names the plugin's own container (gates.Workload.Self): its hostname, then
+// the container IDs in the paths the engine mounted over /etc/hostname, /etc/hosts and
+// /etc/resolv.conf, read from /proc/self/mountinfo. A container that shares another's network
+// (an Actions runner's docker:// step shares its job container's, whose hostname it also gets)
+// has that container's files.
+func selfNames() []string {
+	var out []string
+	if h, err := os.Hostname(); err == nil {
+		out = append(out, h)
+	}
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return out
+	}
+	return append(out, mountedContainerIDs(string(data))...)
+}
+
+// mountedContainerIDs reads the IDs from mountinfo lines whose mount point is /etc/hostname,
+// /etc/hosts or /etc/resolv.conf and whose root (the path inside the mounted filesystem) holds a
+// 64-hex container directory: Docker's containers/<id>/hostname, Podman's
+// overlay-containers/<id>/userdata/hostname.
+func mountedContainerIDs(mountinfo string) []string {
+	var out []string
+	for line := range strings.Lines(mountinfo) {
+		f := strings.Fields(line)
+		if len(f) < 5 || (f[4] != "/etc/hostname" && f[4] != "/etc/hosts" && f[4] != "/etc/resolv.conf") {
+			continue
+		}
+		if m := containerDir.FindStringSubmatch(f[3]); m != nil && !slices.Contains(out, m[1]) {
+			out = append(out, m[1])
+		}
+	}
+	return out
+}
+
+var containerDir = regexp.MustCompile(`/([0-9a-f]{64})/`)

@@ -26,11 +26,19 @@ type Store struct {
 	Driver string
 	// ContainerdAddress is containerd's socket as the daemon reports it (API 1.46 and later).
 	ContainerdAddress string
+	// Podman is true when the daemon is Podman's Docker-compatible service: its own store, no
+	// build cache to prune, no swarm; Engine names the engine and its version.
+	Podman bool
+	Engine string
 }
 
-// readStore reads the store from the daemon's info.
-func readStore(info system.Info) Store {
-	s := Store{DataRoot: info.DockerRootDir, Driver: info.Driver}
+// readStore reads the store from the daemon's info; podman is Podman's version when the daemon
+// answered as Podman.
+func readStore(info system.Info, podman string) Store {
+	s := Store{DataRoot: info.DockerRootDir, Driver: info.Driver, Podman: podman != "", Engine: "Docker Engine " + info.ServerVersion}
+	if s.Podman {
+		s.Engine = "Podman " + podman
+	}
 	for _, kv := range info.DriverStatus {
 		if len(kv) == 2 && kv[0] == "driver-type" && kv[1] == "io.containerd.snapshotter.v1" {
 			s.Containerd = true
@@ -42,13 +50,20 @@ func readStore(info system.Info) Store {
 	return s
 }
 
-// String names the store for the summary.
+// String names the engine and its store for the summary.
 func (s Store) String() string {
-	if s.Containerd {
-		return "containerd image store (snapshotter " + s.Driver + ")"
+	switch {
+	case s.Podman:
+		return s.Engine + ": containers/storage (storage driver " + s.Driver + "); no build cache, no swarm"
+	case s.Containerd:
+		return s.Engine + ": containerd image store (snapshotter " + s.Driver + ")"
 	}
-	return "classic image store (graphdriver " + s.Driver + ")"
+	return s.Engine + ": classic image store (graphdriver " + s.Driver + ")"
 }
+
+// HasBuildCache reports whether the engine has a build cache to prune (POST /build/prune):
+// Podman's service answers 404 there.
+func (s Store) HasBuildCache() bool { return !s.Podman }
 
 // ImageClock is what `until` is compared with in the image phase on this store.
 func (s Store) ImageClock() string {
@@ -197,5 +212,5 @@ func (e *Client) Store(ctx context.Context) (Store, error) {
 	if err != nil {
 		return Store{}, e.failed("asking the daemon for its data root (GET /info)", err)
 	}
-	return readStore(info), nil
+	return readStore(info, e.podman()), nil
 }
