@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
 )
 
 // Labels the engine and its tools put on objects, read by the gates.
@@ -172,8 +173,9 @@ type OwnRun struct {
 	// SelfNetwork, when set, finds Network on the plugin's own container: the one of its networks
 	// this matches (Woodpecker names every workflow's network <prefix>_default, 1.x to 3.x).
 	SelfNetwork *regexp.Regexp
-	// SelfName, when set, finds NamePrefix in the plugin's own container's name: its first
-	// submatch (an Actions-format runner names every container of a job with one prefix).
+	// SelfName, when set, finds NamePrefix in the name of the plugin's own container (or of the
+	// job container whose network it shares): its first submatch (an Actions-format runner names
+	// every container of a job with one prefix).
 	SelfName *regexp.Regexp
 }
 
@@ -221,8 +223,17 @@ func (o OwnRun) Owns(c Container) bool {
 			return true
 		}
 	}
-	return (o.Network != "" && slices.Contains(c.Networks, o.Network)) ||
-		(o.NamePrefix != "" && strings.HasPrefix(c.Name, o.NamePrefix))
+	return (o.Network != "" && slices.Contains(c.Networks, o.Network)) || o.namedOwn(c.Name)
+}
+
+// namedOwn reports whether name starts with NamePrefix, which ends at a word's end there: task 42's
+// containers are not task 421's.
+func (o OwnRun) namedOwn(name string) bool {
+	rest, ok := strings.CutPrefix(name, o.NamePrefix)
+	if o.NamePrefix == "" || !ok {
+		return false
+	}
+	return rest == "" || !unicode.IsLetter(rune(rest[0])) && !unicode.IsDigit(rune(rest[0]))
 }
 
 // String names the own run for the summary.

@@ -56,14 +56,21 @@ type actionsRunner struct {
 	jobs, own   *regexp.Regexp
 }
 
-// actionsRunners are checked in order: act_runner and the Forgejo runner are built on act and may
-// set ACT=true as well. Gitea act_runner: GITEA-ACTIONS-TASK-<task id>_WORKFLOW-<name>_JOB-<job>
-// (a docker:// step adds _STEP-<n>); Forgejo runner: FORGEJO-ACTIONS-TASK-<task id>_<hashed
-// workflow part>; act: act-<workflow>-<job>-<hash> (docs/usage.md).
+// actionsRunners are checked in order: act_runner and the Forgejo runner are built on act and set
+// ACT=true as well (the Forgejo runner also GITEA_ACTIONS=true). How each names a job's containers
+// (docs/usage.md has the sources):
+//   - Gitea act_runner: the job container GITEA-ACTIONS-TASK-<task>_WORKFLOW-<name>_JOB-<job>, a
+//     docker:// step GITEA-ACTIONS-TASK-<task>-WORKFLOW-<name>-JOB-<job>_STEP-<n>;
+//   - Forgejo runner: the same with FORGEJO-ACTIONS-TASK-<task> and the workflow part a sha256;
+//   - act: the job container act-<workflow>-<job> cut to 63 characters, then -<sha256>; a docker://
+//     step the job container's first 63 characters, then -<sha256>.
+//
+// A step shares its job container's network and so its hostname and /etc files: the own
+// container found is the job container, and the own prefix is read from its name.
 var actionsRunners = []actionsRunner{
-	{CIForgejo, "FORGEJO_ACTIONS", regexp.MustCompile(`^FORGEJO-ACTIONS-TASK-`), regexp.MustCompile(`^(FORGEJO-ACTIONS-TASK-[0-9]+_)`)},
-	{CIGitea, "GITEA_ACTIONS", regexp.MustCompile(`^GITEA-ACTIONS-TASK-`), regexp.MustCompile(`^(GITEA-ACTIONS-TASK-[0-9]+_)`)},
-	{CIAct, "ACT", regexp.MustCompile(`^act-`), regexp.MustCompile(`^(act-[A-Za-z0-9-]{1,59})`)},
+	{CIForgejo, "FORGEJO_ACTIONS", regexp.MustCompile(`^FORGEJO-ACTIONS-TASK-`), regexp.MustCompile(`^(FORGEJO-ACTIONS-TASK-[0-9]+)[-_]`)},
+	{CIGitea, "GITEA_ACTIONS", regexp.MustCompile(`^GITEA-ACTIONS-TASK-`), regexp.MustCompile(`^(GITEA-ACTIONS-TASK-[0-9]+)[-_]`)},
+	{CIAct, "ACT", regexp.MustCompile(`^act-`), regexp.MustCompile(`^(act-[A-Za-z0-9-]{0,58}[A-Za-z0-9])`)},
 }
 
 // ReadCIEnvironment reads which CI the step runs in and how its own containers are recognised.

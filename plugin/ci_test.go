@@ -19,6 +19,8 @@ func TestCIDefaults(t *testing.T) {
 		return gates.Container{ID: "ffff" + name, Name: name, State: "running", Labels: labels, Networks: nets}
 	}
 	wp := map[string]string{gates.WoodpeckerStepLabel: "01J"}
+	const sha = "e86f0e333bbca920efcb965559e5824907ca366be5dd21b080d2289af21a5776"
+	const actJob = "act-wf-one-plan-a86f9f6a7bdae2e2c3b814e3c40f92a6daa5771b61b7ca242e30bf668492a762"
 	cases := []struct {
 		name   string
 		env    map[string]string
@@ -33,12 +35,17 @@ func TestCIDefaults(t *testing.T) {
 		{"woodpecker 3.17", map[string]string{"CI": "woodpecker", "CI_SYSTEM_NAME": "woodpecker", "CI_STEP_NAME": "plan"},
 			[]gates.Container{self("wp_01JA", "wp_01J0_default"), other("wp_01JB", wp, "wp_01J0_default")},
 			[]gates.Container{other("wp_01JC", wp, "wp_01J1_default")}, CIWoodpecker, `"wp_01JC" carries run label wp_uuid`},
+		// The step shares the job container's network: the own container found is the job's.
 		{"gitea act_runner", map[string]string{"GITHUB_ACTIONS": "true", "GITEA_ACTIONS": "true", "ACT": "true"},
-			[]gates.Container{self("GITEA-ACTIONS-TASK-17_WORKFLOW-ci_JOB-cleanup_STEP-2"), other("GITEA-ACTIONS-TASK-17_WORKFLOW-ci_JOB-cleanup", nil)},
+			[]gates.Container{self("GITEA-ACTIONS-TASK-17_WORKFLOW-ci_JOB-cleanup"), other("GITEA-ACTIONS-TASK-17-WORKFLOW-ci-JOB-cleanup_STEP-2", nil)},
 			[]gates.Container{other("GITEA-ACTIONS-TASK-171_WORKFLOW-ci_JOB-build", nil)}, CIGitea, `"GITEA-ACTIONS-TASK-171_WORKFLOW-ci_JOB-build"`},
-		{"forgejo runner", map[string]string{"GITHUB_ACTIONS": "true", "FORGEJO_ACTIONS": "true", "ACT": "true"},
-			[]gates.Container{self("FORGEJO-ACTIONS-TASK-9_WORKFLOW-4b2c0a_JOB-prune_STEP-1"), other("FORGEJO-ACTIONS-TASK-9_WORKFLOW-4b2c0a_JOB-prune", nil)},
-			[]gates.Container{other("FORGEJO-ACTIONS-TASK-10_WORKFLOW-4b2c0a_JOB-build", nil)}, CIForgejo, `"FORGEJO-ACTIONS-TASK-10_WORKFLOW-4b2c0a_JOB-build"`},
+		{"forgejo runner", map[string]string{"GITHUB_ACTIONS": "true", "GITEA_ACTIONS": "true", "FORGEJO_ACTIONS": "true", "ACT": "true"},
+			[]gates.Container{self("FORGEJO-ACTIONS-TASK-9_WORKFLOW-" + sha + "_JOB-prune"), other("FORGEJO-ACTIONS-TASK-9-WORKFLOW-"+sha+"-JOB-prune_STEP-1", nil)},
+			[]gates.Container{other("FORGEJO-ACTIONS-TASK-10_WORKFLOW-"+sha+"_JOB-build", nil)}, CIForgejo, `"FORGEJO-ACTIONS-TASK-10_WORKFLOW-` + sha + `_JOB-build"`},
+		// Names as act v0.2.89 made them for workflow "wf one", jobs plan and build (docs/usage.md).
+		{"act", map[string]string{"GITHUB_ACTIONS": "true", "ACT": "true", "CI": "true"},
+			[]gates.Container{self(actJob), other(actJob[:63]+"-0d20fe4f376062a6c4df3939fbb860734f73b312861f20e22b320f583bf09f72", nil)},
+			[]gates.Container{other("act-wf-one-build-"+sha, nil)}, CIAct, `"act-wf-one-build-` + sha + `"`},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

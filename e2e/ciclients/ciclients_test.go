@@ -745,6 +745,10 @@ volumes:
 	t.Run("woodpecker-3/concurrent-workflows", func(t *testing.T) {
 		ciWoodpeckerWorkflows(t, ciClient(t, ciWoodpecker3Client), socket, true)
 	})
+	t.Run("act/concurrent-jobs", func(t *testing.T) {
+		ciActWorkflows(t, ciClient(t, ciActClient))
+	})
+	t.Run("actions/runner-names", ciActionsRunnerNames)
 
 	// The post-run cleanup pipeline as written: its build step compiles this repository in the
 	// pinned Go image, then the plugin step runs after it (depends_on), whatever the build's

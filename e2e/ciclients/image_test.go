@@ -85,6 +85,13 @@ type containerRun struct {
 // container. outDir is mounted at /out for the summary and outputs files.
 func runImage(t *testing.T, env map[string]string, labels map[string]string, outDir string) containerRun {
 	t.Helper()
+	return runImageAs(t, "", "", env, labels, outDir)
+}
+
+// runImageAs is runImage with the container's name and network mode set, as a CI that names its
+// step containers (and may share a job container's network) would.
+func runImageAs(t *testing.T, name, networkMode string, env map[string]string, labels map[string]string, outDir string) containerRun {
+	t.Helper()
 	var environ []string
 	for k, v := range env {
 		environ = append(environ, k+"="+v)
@@ -92,7 +99,7 @@ func runImage(t *testing.T, env map[string]string, labels map[string]string, out
 	environ = append(environ, "PLUGIN_SUMMARY_FILE=/out/summary.json")
 	labels[fixtures.Label] = "true"
 	created, err := harness.API.ContainerCreate(harness.Ctx(), &container.Config{Image: harness.PluginImageTag, Env: environ, Labels: labels},
-		&container.HostConfig{Binds: []string{"/var/run/docker.sock:/var/run/docker.sock", outDir + ":/out"}}, nil, nil, "")
+		&container.HostConfig{Binds: []string{"/var/run/docker.sock:/var/run/docker.sock", outDir + ":/out"}, NetworkMode: container.NetworkMode(networkMode)}, nil, nil, name)
 	harness.Must(t, err)
 	defer func() {
 		_ = harness.API.ContainerRemove(harness.Ctx(), created.ID, container.RemoveOptions{Force: true})
