@@ -67,6 +67,7 @@ from_shared() {
 		echo "ci-clients.sh: ${xz_file} is absent: ${1} ${2} cannot be had from the module proxy" >&2
 		return 1
 	fi
+	# shellcheck disable=SC2016 # the backquotes are the README's, matched literally
 	want="$(sed -n 's/^sha256 of the decompressed binary: `\([0-9a-f]\{64\}\)`.*/\1/p' "${shared}/ci-clients/README.md")"
 	mkdir -p "$bindir"
 	xz -dc "$xz_file" >"${3}.tmp.$$"

@@ -36,7 +36,7 @@ func (e *Client) PruneImages(ctx context.Context, f filters.Args) (deleted, unta
 	}
 	for _, d := range r.ImagesDeleted {
 		if d.Deleted != "" {
-			deleted = append(deleted, d.Deleted)
+			deleted = append(deleted, imageID(d.Deleted))
 		}
 		if d.Untagged != "" {
 			untagged = append(untagged, d.Untagged)
@@ -66,13 +66,22 @@ func (e *Client) DeleteImage(ctx context.Context, ref string) (deleted, untagged
 	}
 	for _, d := range items {
 		if d.Deleted != "" {
-			deleted = append(deleted, d.Deleted)
+			deleted = append(deleted, imageID(d.Deleted))
 		}
 		if d.Untagged != "" && d.Untagged != ref {
 			untagged = append(untagged, d.Untagged)
 		}
 	}
 	return deleted, untagged, len(deleted) == 0, nil
+}
+
+// imageID is an ID a prune or delete answered with, as the image list gives IDs: Podman 4.3.1
+// answers with the bare hex, Docker with "sha256:" before it.
+func imageID(id string) string {
+	if len(id) == 64 && !strings.Contains(id, ":") {
+		return "sha256:" + id
+	}
+	return id
 }
 
 // PruneBuildCache removes the given build-cache records if they are unused and last used longer

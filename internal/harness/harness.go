@@ -47,7 +47,27 @@ var (
 	// store, that is when the image was loaded, pulled or tagged, or for a dangling image when it
 	// was left dangling.
 	ContainerdStore bool
+	// Podman is true when the engine under test is Podman's Docker-compatible service (its version
+	// says "Podman Engine"): no swarm and no BuildKit there, so the tests that need them skip
+	// (NeedSwarm, NeedBuildKit).
+	Podman bool
 )
+
+// NeedSwarm skips a test on an engine without swarm mode (Podman).
+func NeedSwarm(t testing.TB) {
+	t.Helper()
+	if Podman {
+		t.Skip("Podman has no swarm mode")
+	}
+}
+
+// NeedBuildKit skips a test on an engine without BuildKit or its build cache (Podman).
+func NeedBuildKit(t testing.TB) {
+	t.Helper()
+	if Podman {
+		t.Skip("Podman has no BuildKit build cache")
+	}
+}
 
 // NestedEnv is set by the CI-client tests in the steps of the project's test pipeline they run
 // (exec --environ, as a runner's DRONE_RUNNER_ENVIRON would): that pipeline's test step runs
@@ -104,6 +124,9 @@ func Main(m *testing.M, pkg, root string, before func() (after func(), err error
 		return 1
 	}
 	ContainerdStore = isContainerdStore(info)
+	if v, err := API.ServerVersion(context.Background()); err == nil && len(v.Components) > 0 && v.Components[0].Name == "Podman Engine" {
+		Podman = true
+	}
 	if Root, err = filepath.Abs(root); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
