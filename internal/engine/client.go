@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/client"
 
+	"github.com/drone-gated-prune/drone-gated-prune/internal/access"
 	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
 )
 
@@ -65,6 +67,8 @@ const libpodHeader = "Libpod-Api-Version"
 type serverWatch struct {
 	next   http.RoundTripper
 	libpod atomic.Pointer[string]
+	// refused is the last request answered 403, as METHOD PATH: a socket proxy's refusal.
+	refused atomic.Pointer[string]
 }
 
 func (s *serverWatch) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -73,8 +77,27 @@ func (s *serverWatch) RoundTrip(r *http.Request) (*http.Response, error) {
 		if v := resp.Header.Get(libpodHeader); v != "" {
 			s.libpod.Store(&v)
 		}
+		if resp.StatusCode == http.StatusForbidden {
+			route := access.Route(r.Method, r.URL.Path)
+			s.refused.Store(&route)
+		}
 	}
 	return resp, err
+}
+
+// proxyRefusal says which call a socket proxy refused (HTTP 403: the engine itself never
+// answers 403 to these calls) and which section to allow, or "" for another error.
+func (e *Client) proxyRefusal(err error) string {
+	route := e.server.refused.Load()
+	if route == nil || !cerrdefs.IsPermissionDenied(err) {
+		return ""
+	}
+	method, path, _ := strings.Cut(*route, " ")
+	allow := access.Section(path)
+	if c, ok := access.Find(method, path); ok {
+		allow = c.Allow()
+	}
+	return "the socket proxy refused " + *route + ": allow " + allow
 }
 
 // podman is Podman's version when the daemon answered as Podman, or "".
@@ -125,6 +148,9 @@ func (e *Client) failed(what string, err error) error {
 	if errors.As(err, &stop) {
 		// The run's timeout or a signal cut the call short: the daemon may well have answered.
 		return &outcome.RuntimeError{What: "stopped while " + what, Err: stop}
+	}
+	if refusal := e.proxyRefusal(err); refusal != "" {
+		return &outcome.RuntimeError{What: refusal + " (" + what + ")", Err: err}
 	}
 	if client.IsErrConnectionFailed(err) {
 		return &outcome.RuntimeError{What: what, Err: fmt.Errorf("daemon unreachable at %s: %w", e.api.DaemonHost(), err)}
