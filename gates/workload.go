@@ -1,6 +1,7 @@
 package gates
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"regexp"
@@ -188,7 +189,7 @@ func (o OwnRun) Resolve(w Workload) (OwnRun, string) {
 	}
 	self, found := w.self()
 	if !found {
-		return o, fmt.Sprintf("the plugin's own container (%s) is not among the live containers: its own run's containers count as live runs", strings.Join(w.Self, ", "))
+		return o, fmt.Sprintf("the plugin's own container (%s) is not among the live containers: its own run's containers count as live runs", cmp.Or(strings.Join(w.Self, ", "), "no hostname or mounted /etc files name one"))
 	}
 	if o.SelfNetwork != nil {
 		var nets []string
