@@ -88,6 +88,9 @@ func (s *serverWatch) RoundTrip(r *http.Request) (*http.Response, error) {
 // proxyRefusal says which call a socket proxy refused (HTTP 403: the engine itself never
 // answers 403 to these calls) and which section to allow, or "" for another error.
 func (e *Client) proxyRefusal(err error) string {
+	if e.server == nil {
+		return ""
+	}
 	route := e.server.refused.Load()
 	if route == nil || !cerrdefs.IsPermissionDenied(err) {
 		return ""
@@ -102,6 +105,9 @@ func (e *Client) proxyRefusal(err error) string {
 
 // podman is Podman's version when the daemon answered as Podman, or "".
 func (e *Client) podman() string {
+	if e.server == nil {
+		return ""
+	}
 	if v := e.server.libpod.Load(); v != nil {
 		return *v
 	}
