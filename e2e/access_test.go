@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/access"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
 	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
 	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
@@ -80,14 +82,20 @@ type recordingProxy struct {
 
 func startRecordingProxy(t *testing.T) *recordingProxy {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "rec.sock")
+	return startRecordingProxyTo(t, filepath.Join(t.TempDir(), "rec.sock"), harness.EngineSocket())
+}
+
+// startRecordingProxyTo is a recording proxy listening on the unix socket sock, in front of the
+// engine socket engine.
+func startRecordingProxyTo(t *testing.T, sock, engine string) *recordingProxy {
+	t.Helper()
 	ln, err := net.Listen("unix", sock)
 	harness.Must(t, err)
 	p := &recordingProxy{host: "unix://" + sock, calls: map[string]bool{}}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) { pr.Out.URL.Scheme, pr.Out.URL.Host = "http", "docker" },
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", harness.EngineSocket())
+			return (&net.Dialer{}).DialContext(ctx, "unix", engine)
 		}},
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -149,17 +157,71 @@ func TestAPIAccessRecorded(t *testing.T) {
 		t.Logf("%s on %s: %q", m.name, column, calls)
 	}
 	doc := filepath.Join(harness.Root, "docs", "security.md")
+	checkCallTable(t, doc, column, recorded)
+}
+
+// checkCallTable compares the calls recorded per mode on the engine with docs/security.md's
+// column for it, or writes the column's rows for those modes under DGP_UPDATE_SECURITY_DOC=1.
+func checkCallTable(t *testing.T, doc, column string, recorded map[string][]string) {
+	t.Helper()
 	if os.Getenv("DGP_UPDATE_SECURITY_DOC") == "1" {
 		harness.Must(t, writeCallTable(doc, column, recorded))
 		return
 	}
 	listed, err := readCallTable(doc, column)
 	harness.Must(t, err)
-	for _, m := range accessModes {
-		if !slices.Equal(listed[m.name], recorded[m.name]) {
-			t.Errorf("%s on %s: docs/security.md lists %q, the run sent %q (DGP_UPDATE_SECURITY_DOC=1 rewrites the column)", m.name, column, listed[m.name], recorded[m.name])
+	for mode, calls := range recorded {
+		if !slices.Equal(listed[mode], calls) {
+			t.Errorf("%s on %s: docs/security.md lists %q, the run sent %q (DGP_UPDATE_SECURITY_DOC=1 rewrites the column)", mode, column, listed[mode], calls)
 		}
 	}
+}
+
+// fleetModes are the fleet's rows in docs/security.md, recorded by TestFleetAPIAccess.
+var fleetModes = []string{"fleet on a manager", "a fleet node's task"}
+
+// A forced fleet run on the 3-manager lab swarm, its manager's calls and every node's task's
+// calls each through a recording proxy (the node tasks get theirs as fleet_socket): nothing
+// outside internal/access.Calls, and the calls docs/security.md lists for the two fleet modes.
+func TestFleetAPIAccess(t *testing.T) {
+	if os.Getenv("DGP_FLEET") != "1" {
+		t.Skip("needs a 3-node swarm of scripts/test-engine.sh engines: DGP_FLEET=1 (.ci/run's fleet stage)")
+	}
+	s := startSwarm(t)
+	manager := startRecordingProxyTo(t, filepath.Join(t.TempDir(), "manager.sock"), strings.TrimPrefix(s.hosts[0], "unix://"))
+	var nodes []*recordingProxy
+	for i := range s.nodes {
+		sock := filepath.Join(fixtures.EngineRunDir(), s.node(i), "rec.sock")
+		nodes = append(nodes, startRecordingProxyTo(t, sock, strings.TrimPrefix(s.hosts[i], "unix://")))
+		t.Cleanup(func() { _ = os.Remove(sock) })
+	}
+	r := s.run(t, map[string]string{"DOCKER_HOST": manager.host, "PLUGIN_FORCE": "true",
+		"PLUGIN_FLEET_SOCKET": fixtures.EngineRunDir() + "/{{.Node.Hostname}}/rec.sock"})
+	if r.code != 0 || r.report.Decision != report.DecisionFleet {
+		t.Fatalf("fleet run through the recording proxies: exit %d decision %q error %q", r.code, r.report.Decision, r.report.Error)
+	}
+	recorded := map[string][]string{}
+	calls, forbidden := manager.take()
+	recorded[fleetModes[0]] = calls
+	if len(forbidden) > 0 {
+		t.Errorf("the fleet's manager sent calls outside internal/access.Calls: %q", forbidden)
+	}
+	union := map[string]bool{}
+	for i, n := range nodes {
+		calls, forbidden := n.take()
+		if len(forbidden) > 0 {
+			t.Errorf("node %s's task sent calls outside internal/access.Calls: %q", s.node(i), forbidden)
+		}
+		if len(calls) == 0 {
+			t.Errorf("node %s's task sent nothing through its fleet_socket", s.node(i))
+		}
+		for _, c := range calls {
+			union[c] = true
+		}
+	}
+	recorded[fleetModes[1]] = slices.Sorted(maps.Keys(union))
+	t.Logf("on %s: %q", engineColumn(t), recorded)
+	checkCallTable(t, filepath.Join(harness.Root, "docs", "security.md"), "Docker 29", recorded)
 }
 
 // The call table in docs/security.md sits between these lines: | mode | call | allow | Docker 20 | Docker 29 |.
@@ -232,8 +294,10 @@ func writeCallTable(doc, column string, recorded map[string][]string) error {
 	for _, r := range rows {
 		marks[[2]string{r[0], strings.Trim(r[1], "`")}] = r[3:]
 	}
-	for _, r := range marks {
-		r[col-3] = "—"
+	for k, r := range marks {
+		if _, ok := recorded[k[0]]; ok {
+			r[col-3] = "—"
+		}
 	}
 	for mode, calls := range recorded {
 		for _, c := range calls {
@@ -246,11 +310,15 @@ func writeCallTable(doc, column string, recorded map[string][]string) error {
 	}
 	var b strings.Builder
 	b.WriteString(callTableBegin + "\n\n| mode | call | the proxy allows | " + strings.Join(callColumns, " | ") + " |\n|---|---|---|" + strings.Repeat("---|", len(callColumns)) + "\n")
+	var modes []string
 	for _, m := range accessModes {
+		modes = append(modes, m.name)
+	}
+	for _, mode := range append(modes, fleetModes...) {
 		for _, c := range access.Calls {
-			k := [2]string{m.name, c.String()}
+			k := [2]string{mode, c.String()}
 			if cols := marks[k]; cols != nil && slices.Contains(cols, "yes") {
-				fmt.Fprintf(&b, "| %s | `%s` | %s | %s |\n", m.name, c, c.Allow(), strings.Join(cols, " | "))
+				fmt.Fprintf(&b, "| %s | `%s` | %s | %s |\n", mode, c, c.Allow(), strings.Join(cols, " | "))
 			}
 		}
 	}
