@@ -40,13 +40,14 @@ var accessModes = []accessMode{
 	{"dry run", func(t *testing.T) map[string]string {
 		harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 		harness.MakeContainer(t, harness.Container{})
+		outOfCutoffSecond()
 		return map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_DRY_RUN": "true", "PLUGIN_UNTIL": "1s"}
 	}, report.DecisionDryRun},
 	{"gated prune", func(t *testing.T) map[string]string {
 		harness.DanglingImage(t, time.Now().Add(-48*time.Hour), nil)
 		harness.MakeContainer(t, harness.Container{})
 		buildCache(t)
-		time.Sleep(1100 * time.Millisecond)
+		outOfCutoffSecond()
 		return map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1s"}
 	}, report.DecisionPruned},
 	{"wait", func(t *testing.T) map[string]string {
@@ -62,6 +63,12 @@ var accessModes = []accessMode{
 		return map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": "1000h", "PLUGIN_BUILD_CACHE_BUDGET": "1KB"}
 	}, ""},
 }
+
+// outOfCutoffSecond waits until what was just made is older than until 1s by more than a
+// second: a container or image listed in the cutoff's own second makes the plugin ask its exact
+// time (GET /containers/{id}/json, GET /images/{name}/json), which the recorded sets would then
+// hold only on some runs.
+func outOfCutoffSecond() { time.Sleep(2500 * time.Millisecond) }
 
 // engineColumn is the engine the calls were recorded on, as docs/security.md heads its column.
 func engineColumn(t *testing.T) string {
@@ -180,7 +187,8 @@ func checkCallTable(t *testing.T, doc, column string, recorded map[string][]stri
 // fleetModes are the fleet's rows in docs/security.md, recorded by TestFleetAPIAccess.
 var fleetModes = []string{"fleet on a manager", "a fleet node's task"}
 
-// A forced fleet run on the 3-manager lab swarm, its manager's calls and every node's task's
+// A forced fleet run on the 3-manager lab swarm (an old dangling image and an old stopped
+// container on each node), its manager's calls and every node's task's
 // calls each through a recording proxy (the node tasks get theirs as fleet_socket): nothing
 // outside internal/access.Calls, and the calls docs/security.md lists for the two fleet modes.
 func TestFleetAPIAccess(t *testing.T) {
@@ -195,7 +203,8 @@ func TestFleetAPIAccess(t *testing.T) {
 		nodes = append(nodes, startRecordingProxyTo(t, sock, strings.TrimPrefix(s.hosts[i], "unix://")))
 		t.Cleanup(func() { _ = os.Remove(sock) })
 	}
-	r := s.run(t, map[string]string{"DOCKER_HOST": manager.host, "PLUGIN_FORCE": "true",
+	_, cutoff := s.makeNodeObjects(t)
+	r := s.run(t, map[string]string{"DOCKER_HOST": manager.host, "PLUGIN_FORCE": "true", "PLUGIN_UNTIL": cutoff.UTC().Format(time.RFC3339),
 		"PLUGIN_FLEET_SOCKET": fixtures.EngineRunDir() + "/{{.Node.Hostname}}/rec.sock"})
 	if r.code != 0 || r.report.Decision != report.DecisionFleet {
 		t.Fatalf("fleet run through the recording proxies: exit %d decision %q error %q", r.code, r.report.Decision, r.report.Error)
@@ -220,7 +229,7 @@ func TestFleetAPIAccess(t *testing.T) {
 		}
 	}
 	recorded[fleetModes[1]] = slices.Sorted(maps.Keys(union))
-	t.Logf("on %s: %q", engineColumn(t), recorded)
+	t.Logf("on the Docker 29 swarm: %q", recorded)
 	checkCallTable(t, filepath.Join(harness.Root, "docs", "security.md"), "Docker 29", recorded)
 }
 
