@@ -24,6 +24,7 @@ type Call struct {
 
 // Calls is every request the plugin may send, in the order the docs list them.
 var Calls = []Call{
+	// The client's API version negotiation: HEAD, and GET where a daemon refuses HEAD.
 	{"HEAD", "/_ping", "PING"},
 	{"GET", "/_ping", "PING"},
 	{"GET", "/info", "INFO"},

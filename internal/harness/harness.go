@@ -48,26 +48,10 @@ var (
 	// was left dangling.
 	ContainerdStore bool
 	// Podman is true when the engine under test is Podman's Docker-compatible service (its version
-	// says "Podman Engine"): no swarm and no BuildKit there, so the tests that need them skip
-	// (NeedSwarm, NeedBuildKit).
+	// says "Podman Engine"): it has no swarm mode, so Main's caller makes none; .ci/run runs there
+	// only the tests that need no swarm, no BuildKit and no running container (docs/engine.md).
 	Podman bool
 )
-
-// NeedSwarm skips a test on an engine without swarm mode (Podman).
-func NeedSwarm(t testing.TB) {
-	t.Helper()
-	if Podman {
-		t.Skip("Podman has no swarm mode")
-	}
-}
-
-// NeedBuildKit skips a test on an engine without BuildKit or its build cache (Podman).
-func NeedBuildKit(t testing.TB) {
-	t.Helper()
-	if Podman {
-		t.Skip("Podman has no BuildKit build cache")
-	}
-}
 
 // NestedEnv is set by the CI-client tests in the steps of the project's test pipeline they run
 // (exec --environ, as a runner's DRONE_RUNNER_ENVIRON would): that pipeline's test step runs
