@@ -145,6 +145,28 @@ func writeFleet(b *strings.Builder, f *FleetReport) {
 		bytes += n.Bytes
 	}
 	fmt.Fprintf(b, "  total: %d object(s), %s\n", objects, Human(bytes))
+	for _, n := range f.Nodes {
+		writeNodeObjects(b, n)
+	}
+}
+
+// writeNodeObjects lists, under a node's name, every object each of its phases removed (or, in a
+// dry run, would remove), as a single-node summary lists its own.
+func writeNodeObjects(b *strings.Builder, n NodeRow) {
+	header := false
+	for _, p := range n.Phases {
+		if len(p.Objects) == 0 {
+			continue
+		}
+		if !header {
+			fmt.Fprintf(b, "  %s:\n", n.Node)
+			header = true
+		}
+		fmt.Fprintf(b, "    %-11s  %s %d, %s\n", p.Phase, p.Status, p.Count, p.Reclaimed)
+		for _, o := range p.Objects {
+			fmt.Fprintf(b, "                 %s %s %s\n", shortID(o.ID), o.Name, Human(uint64(max(o.Size, 0))))
+		}
+	}
 }
 
 // writeAdvice says what holds the space beyond the conservative tier. Nothing it names is removed.
