@@ -63,7 +63,8 @@ func inProcess(ctx context.Context, raw map[string]string) (*report.Report, []st
 	}
 	log := logrus.New()
 	log.SetLevel(logrus.ErrorLevel)
-	r := &plugin.Run{Config: cfg, Engine: eng, Log: log, Version: "bench", PollInterval: time.Second}
+	r := &plugin.Run{Config: cfg, Engine: eng, Log: log, Version: "bench", PollInterval: time.Second,
+		FleetPoll: plugin.DefaultFleetPoll, FleetPrepareLimit: plugin.DefaultFleetPrepareLimit}
 	rep, err := r.Execute(ctx)
 	return rep, ct.reset(), err
 }
