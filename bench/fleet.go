@@ -123,6 +123,7 @@ func (e *env) fleet(ctx context.Context, cfg config) error {
 			}
 		}
 		fleetWall, fleetReqs = append(fleetWall, d), reqs
+		fmt.Fprintf(os.Stderr, "bench: fleet round %d: %s; its requests on the manager, from the run's start:\n  %s\n", round+1, secs(d), strings.Join(lastTimeline, "\n  "))
 	}
 	ver, err := nodes[0].ServerVersion(ctx)
 	if err != nil {

@@ -161,6 +161,10 @@ type countingTransport struct {
 	n    atomic.Int64
 	mu   sync.Mutex
 	seen []string
+	// first is when the first request since the last reset was sent; timeline has each request
+	// with its start from there, for where a run's time goes.
+	first    time.Time
+	timeline []string
 }
 
 func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -168,7 +172,11 @@ func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	start := time.Now()
 	resp, err := c.base.RoundTrip(r)
 	c.mu.Lock()
+	if c.first.IsZero() {
+		c.first = start
+	}
 	c.seen = append(c.seen, fmt.Sprintf("%s %s %s", r.Method, r.URL.Path, ms(time.Since(start))))
+	c.timeline = append(c.timeline, fmt.Sprintf("+%s %s %s (%s)", ms(start.Sub(c.first)), r.Method, r.URL.Path, ms(time.Since(start))))
 	c.mu.Unlock()
 	return resp, err
 }
@@ -177,7 +185,7 @@ func (c *countingTransport) reset() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	seen := c.seen
-	c.seen = nil
+	c.seen, c.timeline, c.first = nil, nil, time.Time{}
 	c.n.Store(0)
 	return seen
 }

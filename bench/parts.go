@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -66,9 +67,14 @@ func inProcess(ctx context.Context, raw map[string]string) (*report.Report, []st
 	log.SetLevel(logrus.ErrorLevel)
 	r := &plugin.Run{Config: cfg, Engine: eng, Log: log, Version: "bench", PollInterval: time.Second,
 		FleetPoll: plugin.DefaultFleetPoll, FleetPrepareLimit: plugin.DefaultFleetPrepareLimit}
+	ct.first = time.Now()
 	rep, err := r.Execute(ctx)
+	lastTimeline = slices.Clone(ct.timeline)
 	return rep, ct.reset(), err
 }
+
+// lastTimeline is the last in-process run's requests, each with its start from the run's.
+var lastTimeline []string
 
 // Part 1: the daily no-op, below threshold, against the CLI's no-op prune on the same engine,
 // interleaved: each round runs the plugin with the automatic disk_path, the CLI and the plugin with

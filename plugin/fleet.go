@@ -58,13 +58,17 @@ func (r *Run) runFleet(ctx context.Context, rep *report.Report) error {
 			r.Log.WithError(err).Warn("removing the fleet job")
 		}
 	}()
-	rows, err := r.fleetResults(ctx, id, image)
+	w, rows, err := r.fleetResults(ctx, id, image)
 	rep.Fleet.Nodes = rows
-	if err != nil {
-		return err
+	if err == nil {
+		rep.Decision = report.DecisionFleet
+		err = worstNode(rows)
 	}
-	rep.Decision = report.DecisionFleet
-	return worstNode(rows)
+	if err != nil && w != nil && w.imageFailed {
+		// The remedy, said once; the exit code stays the one err carries.
+		err = fmt.Errorf("%w; for the nodes that could not run the fleet image: %s", err, fleetImageRemedy)
+	}
+	return err
 }
 
 // clusterOnly keeps what the manager judges for the whole swarm: its services (and their stacks).
@@ -173,16 +177,18 @@ type fleetWait struct {
 	rows     map[string]*report.NodeRow
 	eligible map[string]bool
 	final    map[string]bool
+	// imageFailed is set when a node could not get or start the image.
+	imageFailed bool
 }
 
 // fleetResults waits for the job's task on every node that can run one, reading each task's card
 // as soon as it ends, until every eligible node's row is final or ctx ends. A node that is down or
 // drained, whose task left no card, could not start (the image is missing there, for one) or is
 // still short of running after FleetPrepareLimit, gets a row that names the problem and exit code 1.
-func (r *Run) fleetResults(ctx context.Context, serviceID, image string) ([]report.NodeRow, error) {
+func (r *Run) fleetResults(ctx context.Context, serviceID, image string) (*fleetWait, []report.NodeRow, error) {
 	nodes, err := r.Engine.Nodes(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	w := &fleetWait{r: r, image: image, final: map[string]bool{}}
 	w.rows, w.eligible = nodeRows(nodes)
@@ -191,26 +197,29 @@ func (r *Run) fleetResults(ctx context.Context, serviceID, image string) ([]repo
 	for {
 		if tasks, err = r.Engine.Tasks(ctx, serviceID); err != nil {
 			if ctx.Err() != nil {
-				return w.timedOut(ctx, tasks)
+				rows, err := w.timedOut(ctx, tasks)
+				return w, rows, err
 			}
-			return sortedRows(w.rows), err
+			return w, sortedRows(w.rows), err
 		}
 		for _, t := range tasks {
 			w.look(ctx, t, time.Since(start))
 		}
 		if w.done() {
-			return sortedRows(w.rows), nil
+			return w, sortedRows(w.rows), nil
 		}
 		select {
 		case <-ctx.Done():
-			return w.timedOut(ctx, tasks)
+			rows, err := w.timedOut(ctx, tasks)
+			return w, rows, err
 		case <-time.After(fleetPollAfter(time.Since(start), r.FleetPoll)):
 		}
 	}
 }
 
 // look reads one task: the card of a task that has ended, or the problem of one that could not
-// start or is still short of running after FleetPrepareLimit.
+// start, whose status carries an error before it runs, or that is still short of running after
+// FleetPrepareLimit.
 func (w *fleetWait) look(ctx context.Context, t swarm.Task, waited time.Duration) {
 	row := w.rows[t.NodeID]
 	if row == nil || w.final[t.NodeID] {
@@ -219,18 +228,26 @@ func (w *fleetWait) look(ctx context.Context, t swarm.Task, waited time.Duration
 	switch {
 	case terminalTask(t.Status.State):
 		w.readCard(ctx, row, t)
+	case beforeStart(t.Status.State) && t.Status.Err != "":
+		// The node tried to get the image and failed: it keeps retrying (Docker 29 leaves the task
+		// preparing, with the pull's error, for as long as the job lasts).
+		row.ExitCode = outcome.ExitRuntime
+		row.Problem = fmt.Sprintf("could not get or start image %s: its task is %s and failing (task status: %s)", w.image, t.Status.State, t.Status.Err)
+		w.imageFailed = true
 	case beforeStart(t.Status.State) && waited >= w.r.FleetPrepareLimit:
 		row.ExitCode = outcome.ExitRuntime
-		row.Problem = fmt.Sprintf("its task is still %s after %s: the node could not get or start image %s (task status: %s). %s",
-			t.Status.State, w.r.FleetPrepareLimit, w.image, taskStatusText(t), fleetImageRemedy)
+		row.Problem = fmt.Sprintf("could not get or start image %s: its task is still %s after %s (task status: %s)",
+			w.image, t.Status.State, w.r.FleetPrepareLimit, taskStatusText(t))
+		w.imageFailed = true
 	default:
 		return
 	}
 	w.final[t.NodeID] = true
 }
 
-// fleetImageRemedy is what an operator does about a fleet image a node cannot run.
-const fleetImageRemedy = "Load the image on every node (docker load), or set fleet_image to an image in a registry every node can pull from (with registry auth for a private one)."
+// fleetImageRemedy is what an operator does about a fleet image a node cannot run; the run's error
+// says it once after the nodes it concerns.
+const fleetImageRemedy = "load the image on every node (docker load), or set fleet_image to an image in a registry every node can pull from (with registry auth for a private one)"
 
 // readCard fills a node's row from the card its ended task printed. A task that ended without
 // starting its container (rejected: no such image, for one) is named with the image and the
@@ -238,7 +255,8 @@ const fleetImageRemedy = "Load the image on every node (docker load), or set fle
 func (w *fleetWait) readCard(ctx context.Context, row *report.NodeRow, t swarm.Task) {
 	if !taskStarted(t) {
 		row.ExitCode = outcome.ExitRuntime
-		row.Problem = fmt.Sprintf("its task could not start image %s (%s: %s). %s", w.image, t.Status.State, taskStatusText(t), fleetImageRemedy)
+		row.Problem = fmt.Sprintf("could not start image %s: its task is %s (task status: %s)", w.image, t.Status.State, taskStatusText(t))
+		w.imageFailed = true
 		return
 	}
 	log, err := w.r.Engine.TaskStdout(ctx, t.ID)

@@ -404,21 +404,25 @@ func TestFleetTimeoutTexts(t *testing.T) {
 }
 
 // A node that cannot run the fleet image fails the run without waiting out the timeout: a task
-// rejected before its container was made, and one still preparing after FleetPrepareLimit, are
-// each named with the image, the task's own message and the remedy, while a node that ran its
-// task keeps its card.
+// rejected before its container was made, one preparing with an error (a pull that fails), and one
+// still preparing after FleetPrepareLimit, are each named with the image, the task's own message
+// and the remedy, while a node that ran its task keeps its card.
 func TestFleetImageNodesCannotRun(t *testing.T) {
 	nodes := []swarm.Node{
 		node("n1", "a-ok", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
 		node("n2", "b-rejected", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
 		node("n3", "c-preparing", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n4", "d-pull-failing", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
 	}
 	rejected := swarm.Task{ID: "t2", NodeID: "n2", Status: swarm.TaskStatus{State: swarm.TaskStateRejected, Message: "preparing",
 		Err: "No such image: plugin:missing"}}
 	preparing := swarm.Task{ID: "t3", NodeID: "n3", Status: swarm.TaskStatus{State: swarm.TaskStatePreparing, Message: "preparing"}}
+	// As Docker 29 reports a pull that cannot reach a registry: preparing, with the pull's error.
+	pullFailing := swarm.Task{ID: "t4", NodeID: "n4", Status: swarm.TaskStatus{State: swarm.TaskStatePreparing, Message: "preparing",
+		Err: `failed to resolve reference "docker.io/library/plugin:missing": dial tcp: lookup registry-1.docker.io: network is unreachable`}}
 	e := &fakeEngine{snapshot: fleetManager, nodes: nodes, logs: map[string][]byte{"t1": cardLog(t, "pruned", 0, 1)}}
 	e.tasks = func(int) []swarm.Task {
-		return []swarm.Task{task("t1", "n1", swarm.TaskStateComplete, 0), rejected, preparing}
+		return []swarm.Task{task("t1", "n1", swarm.TaskStateComplete, 0), rejected, preparing, pullFailing}
 	}
 	r := testRun(t, e, map[string]string{"fleet": "true", "fleet_image": "plugin:missing", "timeout": "1m"})
 	r.FleetPrepareLimit = 200 * time.Millisecond
@@ -427,7 +431,7 @@ func TestFleetImageNodesCannotRun(t *testing.T) {
 	if took := time.Since(start); rep.ExitCode != outcome.ExitRuntime || err == nil || took > 30*time.Second {
 		t.Fatalf("exit %d, %v after %s; want 1 well before the 1m timeout", rep.ExitCode, err, took)
 	}
-	for _, name := range []string{"b-rejected", "c-preparing"} {
+	for _, name := range []string{"b-rejected", "c-preparing", "d-pull-failing", "load the image on every node", "registry"} {
 		if !strings.Contains(err.Error(), name) {
 			t.Errorf("the error does not name %s: %v", name, err)
 		}
@@ -439,9 +443,10 @@ func TestFleetImageNodesCannotRun(t *testing.T) {
 	if row := rows["a-ok"]; row.Decision != "pruned" || row.ExitCode != 0 {
 		t.Errorf("a-ok: %+v; want its card", row)
 	}
-	for name, says := range map[string]string{"b-rejected": "No such image: plugin:missing", "c-preparing": "still preparing after 200ms"} {
+	for name, says := range map[string]string{"b-rejected": "No such image: plugin:missing", "c-preparing": "still preparing after 200ms",
+		"d-pull-failing": "could not get or start image plugin:missing: its task is preparing and failing (task status: failed to resolve reference"} {
 		row := rows[name]
-		for _, want := range []string{"plugin:missing", says, "Load the image on every node", "registry"} {
+		for _, want := range []string{"plugin:missing", says} {
 			if !strings.Contains(row.Problem, want) {
 				t.Errorf("%s: %q lacks %q", name, row.Problem, want)
 			}

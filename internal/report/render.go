@@ -136,11 +136,18 @@ func writeFleet(b *strings.Builder, f *FleetReport) {
 	fmt.Fprintf(b, "  %-16s %-34s %7s %7s %8s %10s %4s\n", "node", "decision", "before", "after", "objects", "reclaimed", "exit")
 	objects, bytes := 0, uint64(0)
 	for _, n := range f.Nodes {
-		decision := n.Decision
+		decision, below := n.Decision, ""
 		if n.Problem != "" {
 			decision = "- " + n.Problem
 		}
+		if len(decision) > 34 {
+			// A long problem goes on its own line under the row, to keep the columns.
+			decision, below = "- (see below)", n.Problem
+		}
 		fmt.Fprintf(b, "  %-16s %-34s %7s %7s %8d %10s %4d\n", n.Node, decision, n.DiskBefore, n.DiskAfter, n.Objects, Human(n.Bytes), n.ExitCode)
+		if below != "" {
+			fmt.Fprintf(b, "      %s\n", below)
+		}
 		objects += n.Objects
 		bytes += n.Bytes
 	}
