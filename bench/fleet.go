@@ -97,6 +97,7 @@ func (e *env) fleet(ctx context.Context, cfg config) error {
 			sum, longest = sum+d, max(longest, d)
 			if i == 0 {
 				managerReqs = reqs
+				fmt.Fprintf(os.Stderr, "bench: round %d, separate run on node 1: %s; its requests, from the run's start:\n  %s\n", round+1, secs(d), strings.Join(lastTimeline, "\n  "))
 			}
 			if round == 0 {
 				sepReqs = append(sepReqs, fmt.Sprint(len(reqs)))

@@ -13,6 +13,7 @@ import (
 	"slices"
 
 	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/system"
 	"github.com/docker/docker/client"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -212,11 +213,12 @@ func (e *Client) Store(ctx context.Context) (Store, error) {
 	if err != nil {
 		return Store{}, e.failed("asking the daemon for its data root (GET /info)", err)
 	}
+	e.remember(info)
 	return readStore(info), nil
 }
 
 // unversionedInfo is GET /info on the daemon's unix socket, with no API version in its path; it
-// reads only the fields readStore uses, and hands the API version the daemon names to the client.
+// reads only the fields readStore and Snapshot use, and hands the API version the daemon names to the client.
 func (e *Client) unversionedInfo(ctx context.Context) (system.Info, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+client.DummyHost+"/info", nil)
 	if err != nil {
@@ -239,6 +241,8 @@ func (e *Client) unversionedInfo(ctx context.Context) (system.Info, error) {
 		Driver        string
 		DriverStatus  [][2]string
 		Containerd    *struct{ Address string }
+		SystemTime    string
+		Swarm         swarm.Info
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
 		return system.Info{}, fmt.Errorf("reading the daemon's info: %w", err)
@@ -246,7 +250,7 @@ func (e *Client) unversionedInfo(ctx context.Context) (system.Info, error) {
 	if v := resp.Header.Get("API-Version"); v != "" {
 		e.api.NegotiateAPIVersionPing(types.Ping{APIVersion: v})
 	}
-	info := system.Info{DockerRootDir: got.DockerRootDir, Driver: got.Driver, DriverStatus: got.DriverStatus}
+	info := system.Info{DockerRootDir: got.DockerRootDir, Driver: got.Driver, DriverStatus: got.DriverStatus, SystemTime: got.SystemTime, Swarm: got.Swarm}
 	if got.Containerd != nil {
 		info.Containerd = &system.ContainerdInfo{Address: got.Containerd.Address}
 	}
