@@ -159,14 +159,15 @@ func worstNode(rows []report.NodeRow) error {
 	return &outcome.RuntimeError{What: "the fleet run", Err: fmt.Errorf("node(s) %s exited %d", strings.Join(names, ", "), worst)}
 }
 
-// fleetPollFirst is the first interval between two looks at the job's tasks. The interval grows
-// with the time already waited (a tenth of it) up to Run.FleetPoll: a swarm runs a global job on a
-// few nodes in under a second, and a long wait should not be asked about ten times a second.
-const fleetPollFirst = 100 * time.Millisecond
+// fleetPollFirst is the shortest interval between two looks at the job's tasks. The interval grows
+// with the time already waited (a twentieth of it) up to Run.FleetPoll: a swarm runs a global job
+// on a few nodes in about a second, its nodes ending some 100 ms apart, and a long wait should not
+// be asked about twenty times a second.
+const fleetPollFirst = 50 * time.Millisecond
 
 // fleetPollAfter is the interval before the next look, waited has passed since the job was made.
 func fleetPollAfter(waited, longest time.Duration) time.Duration {
-	return min(longest, max(fleetPollFirst, waited/10))
+	return min(longest, max(fleetPollFirst, waited/20))
 }
 
 // fleetWait is one wait for the job's tasks: a row per node, the nodes that can run a task, and
