@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,6 +18,8 @@ import (
 	"github.com/docker/docker/api/types/system"
 	"github.com/docker/docker/client"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
 )
 
 // Store is where and how the engine keeps images, from GET /info.
@@ -210,12 +213,23 @@ func (e *Client) Store(ctx context.Context) (Store, error) {
 	} else {
 		info, err = e.api.Info(ctx)
 	}
+	var unreachable *unreachableError
+	if errors.As(err, &unreachable) {
+		return Store{}, &outcome.RuntimeError{What: "asking the daemon for its data root (GET /info)",
+			Err: fmt.Errorf("daemon unreachable at %s: %w", e.api.DaemonHost(), unreachable.err)}
+	}
 	if err != nil {
 		return Store{}, e.failed("asking the daemon for its data root (GET /info)", err)
 	}
 	e.remember(info)
 	return readStore(info), nil
 }
+
+// unreachableError is a request that never reached the daemon (no socket, nothing listening).
+type unreachableError struct{ err error }
+
+func (u *unreachableError) Error() string { return u.err.Error() }
+func (u *unreachableError) Unwrap() error { return u.err }
 
 // unversionedInfo is GET /info on the daemon's unix socket, with no API version in its path; it
 // reads only the fields readStore and Snapshot use, and hands the API version the daemon names to the client.
@@ -229,12 +243,12 @@ func (e *Client) unversionedInfo(ctx context.Context) (system.Info, error) {
 		if ctx.Err() != nil {
 			return system.Info{}, context.Cause(ctx)
 		}
-		return system.Info{}, fmt.Errorf("%w (%v)", client.ErrorConnectionFailed(e.api.DaemonHost()), err)
+		return system.Info{}, &unreachableError{err: err}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return system.Info{}, fmt.Errorf("Error response from daemon (HTTP %d): %s", resp.StatusCode, bytes.TrimSpace(body))
+		return system.Info{}, fmt.Errorf("error response from daemon (HTTP %d): %s", resp.StatusCode, bytes.TrimSpace(body))
 	}
 	var got struct {
 		DockerRootDir string
