@@ -246,6 +246,33 @@ func TestFleet(t *testing.T) {
 		}
 	})
 
+	t.Run("right after a timeout each node says what became of its task", func(t *testing.T) {
+		// Node 2 holds a live run and waits for it to end for 7.95 s of the 8 s timeout the nodes
+		// share with the manager. Its run started after the manager made the job (at least tens of
+		// milliseconds later), so its task is still running when the manager's run stops, while
+		// nodes 1 and 3 have finished theirs.
+		key := "dgp.run." + fixtures.RandomHex(3)
+		c2 := s.nodes[1]
+		created, err := c2.ContainerCreate(harness.Ctx(), &container.Config{Image: harness.SleeperImage, Cmd: []string{"/sleeper"}, Labels: map[string]string{key: "1"}},
+			&container.HostConfig{NetworkMode: "none"}, nil, nil, "")
+		harness.Must(t, err)
+		harness.Must(t, c2.ContainerStart(harness.Ctx(), created.ID, container.StartOptions{}))
+		t.Cleanup(func() { _ = c2.ContainerRemove(harness.Ctx(), created.ID, container.RemoveOptions{Force: true}) })
+		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_RUN_LABELS": key, "PLUGIN_WAIT": "7950ms", "PLUGIN_TIMEOUT": "8s"})
+		rows := rowsByNode(r)
+		if r.code != outcome.ExitRuntime || !strings.Contains(r.stderr, "timeout 8s reached") || len(rows) != 3 {
+			t.Fatalf("exit %d, %d rows; want 1 naming the timeout, a row per node\n%s", r.code, len(rows), r.stderr)
+		}
+		for _, i := range []int{0, 2} {
+			if n := rows[s.node(i)]; n.Problem != "" || !phasesRan(n) {
+				t.Errorf("node %s finished its task before the timeout: %+v; want its card", s.node(i), n)
+			}
+		}
+		if n := rows[s.node(1)]; !strings.HasPrefix(n.Problem, "its task was still running when the run stopped (timeout 8s reached)") || n.ExitCode != outcome.ExitRuntime {
+			t.Errorf("node %s: %+v; want its task still running at the timeout", s.node(1), n)
+		}
+	})
+
 	t.Run("a converging service holds the whole fleet", func(t *testing.T) {
 		replicas := uint64(1)
 		resp, err := s.nodes[0].ServiceCreate(harness.Ctx(), swarm.ServiceSpec{
