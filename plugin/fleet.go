@@ -230,11 +230,14 @@ func (w *fleetWait) look(ctx context.Context, t swarm.Task, waited time.Duration
 	case terminalTask(t.Status.State):
 		w.readCard(ctx, row, t)
 	case beforeStart(t.Status.State) && t.Status.Err != "":
-		// The node tried to get the image and failed: it keeps retrying (Docker 29 leaves the task
-		// preparing, with the pull's error, for as long as the job lasts).
+		// The node tried and failed, and keeps retrying: Docker 29 leaves a task whose image pull
+		// fails preparing, with the pull's error, for as long as the job lasts.
 		row.ExitCode = outcome.ExitRuntime
-		row.Problem = fmt.Sprintf("could not get or start image %s: its task is %s and failing (task status: %s)", w.image, t.Status.State, t.Status.Err)
-		w.imageFailed = true
+		row.Problem = fmt.Sprintf("its task is %s and failing (task status: %s)", t.Status.State, t.Status.Err)
+		if imageTrouble(t.Status.Err, w.image) {
+			row.Problem = fmt.Sprintf("could not get or start image %s: %s", w.image, row.Problem)
+			w.imageFailed = true
+		}
 	case beforeStart(t.Status.State) && waited >= w.r.FleetPrepareLimit:
 		row.ExitCode = outcome.ExitRuntime
 		row.Problem = fmt.Sprintf("could not get or start image %s: its task is still %s after %s (task status: %s)",
@@ -251,13 +254,16 @@ func (w *fleetWait) look(ctx context.Context, t swarm.Task, waited time.Duration
 const fleetImageRemedy = "load the image on every node (docker load), or set fleet_image to an image in a registry every node can pull from (with registry auth for a private one)"
 
 // readCard fills a node's row from the card its ended task printed. A task that ended without
-// starting its container (rejected: no such image, for one) is named with the image and the
-// task's own message.
+// starting its container (rejected: no such image, for one) is named with the task's own message,
+// and with the image when that message is about it.
 func (w *fleetWait) readCard(ctx context.Context, row *report.NodeRow, t swarm.Task) {
 	if !taskStarted(t) {
 		row.ExitCode = outcome.ExitRuntime
-		row.Problem = fmt.Sprintf("could not start image %s: its task is %s (task status: %s)", w.image, t.Status.State, taskStatusText(t))
-		w.imageFailed = true
+		row.Problem = fmt.Sprintf("its task is %s before its container was made (task status: %s)", t.Status.State, taskStatusText(t))
+		if imageTrouble(t.Status.Err, w.image) {
+			row.Problem = fmt.Sprintf("could not start image %s: %s", w.image, row.Problem)
+			w.imageFailed = true
+		}
 		return
 	}
 	log, err := w.r.Engine.TaskStdout(ctx, t.ID)
@@ -356,6 +362,12 @@ func beforeStart(s swarm.TaskState) bool {
 // taskStarted reports whether a task's container was made: one that was not never printed a card.
 func taskStarted(t swarm.Task) bool {
 	return t.Status.ContainerStatus != nil && t.Status.ContainerStatus.ContainerID != ""
+}
+
+// imageTrouble reports whether a task's error is about its image: it names the image, or says
+// the node has no such image.
+func imageTrouble(taskErr, image string) bool {
+	return strings.Contains(taskErr, image) || strings.Contains(strings.ToLower(taskErr), "no such image")
 }
 
 // taskStatusText is the task's own account of its state: its error, else its message.

@@ -413,6 +413,7 @@ func TestFleetImageNodesCannotRun(t *testing.T) {
 		node("n2", "b-rejected", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
 		node("n3", "c-preparing", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
 		node("n4", "d-pull-failing", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n5", "e-bad-mount", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
 	}
 	rejected := swarm.Task{ID: "t2", NodeID: "n2", Status: swarm.TaskStatus{State: swarm.TaskStateRejected, Message: "preparing",
 		Err: "No such image: plugin:missing"}}
@@ -420,9 +421,12 @@ func TestFleetImageNodesCannotRun(t *testing.T) {
 	// As Docker 29 reports a pull that cannot reach a registry: preparing, with the pull's error.
 	pullFailing := swarm.Task{ID: "t4", NodeID: "n4", Status: swarm.TaskStatus{State: swarm.TaskStatePreparing, Message: "preparing",
 		Err: `failed to resolve reference "docker.io/library/plugin:missing": dial tcp: lookup registry-1.docker.io: network is unreachable`}}
+	// Rejected for a reason other than the image: named with its message, not as an image problem.
+	badMount := swarm.Task{ID: "t5", NodeID: "n5", Status: swarm.TaskStatus{State: swarm.TaskStateRejected,
+		Err: `invalid mount config for type "bind": bind source path does not exist: /nowhere/docker.sock`}}
 	e := &fakeEngine{snapshot: fleetManager, nodes: nodes, logs: map[string][]byte{"t1": cardLog(t, "pruned", 0, 1)}}
 	e.tasks = func(int) []swarm.Task {
-		return []swarm.Task{task("t1", "n1", swarm.TaskStateComplete, 0), rejected, preparing, pullFailing}
+		return []swarm.Task{task("t1", "n1", swarm.TaskStateComplete, 0), rejected, preparing, pullFailing, badMount}
 	}
 	r := testRun(t, e, map[string]string{"fleet": "true", "fleet_image": "plugin:missing", "timeout": "1m"})
 	r.FleetPrepareLimit = 200 * time.Millisecond
@@ -454,6 +458,9 @@ func TestFleetImageNodesCannotRun(t *testing.T) {
 		if row.ExitCode != outcome.ExitRuntime {
 			t.Errorf("%s: exit %d, want 1", name, row.ExitCode)
 		}
+	}
+	if row := rows["e-bad-mount"]; row.Problem != `its task is rejected before its container was made (task status: invalid mount config for type "bind": bind source path does not exist: /nowhere/docker.sock)` || row.ExitCode != 1 {
+		t.Errorf("e-bad-mount: %+v; want its own message, not an image problem", row)
 	}
 	if count(e.Calls(), "TaskStdout") != 1 {
 		t.Errorf("calls %v: want the log read of a-ok's task only", e.Calls())
