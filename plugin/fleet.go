@@ -194,15 +194,18 @@ func (r *Run) fleetResults(ctx context.Context, serviceID, image string) (*fleet
 	w := &fleetWait{r: r, image: image, final: map[string]bool{}}
 	w.rows, w.eligible = nodeRows(nodes)
 	start := time.Now()
-	var tasks []swarm.Task
+	// last is the latest answer: a look the stop cuts short leaves the one before it.
+	var last []swarm.Task
 	for {
-		if tasks, err = r.Engine.Tasks(ctx, serviceID); err != nil {
+		tasks, err := r.Engine.Tasks(ctx, serviceID)
+		if err != nil {
 			if ctx.Err() != nil {
-				rows, err := w.timedOut(ctx, tasks)
+				rows, err := w.timedOut(ctx, last)
 				return w, rows, err
 			}
 			return w, sortedRows(w.rows), err
 		}
+		last = tasks
 		for _, t := range tasks {
 			w.look(ctx, t, time.Since(start))
 		}
@@ -211,7 +214,7 @@ func (r *Run) fleetResults(ctx context.Context, serviceID, image string) (*fleet
 		}
 		select {
 		case <-ctx.Done():
-			rows, err := w.timedOut(ctx, tasks)
+			rows, err := w.timedOut(ctx, last)
 			return w, rows, err
 		case <-time.After(fleetPollAfter(time.Since(start), r.FleetPoll)):
 		}
@@ -223,8 +226,8 @@ func (r *Run) fleetResults(ctx context.Context, serviceID, image string) (*fleet
 // FleetPrepareLimit.
 func (w *fleetWait) look(ctx context.Context, t swarm.Task, waited time.Duration) {
 	row := w.rows[t.NodeID]
-	if row == nil || w.final[t.NodeID] {
-		return
+	if row == nil || w.final[t.NodeID] || ctx.Err() != nil {
+		return // once the run is stopped, timedOut reads what is left
 	}
 	switch {
 	case terminalTask(t.Status.State):

@@ -504,3 +504,27 @@ func TestFleetListsEachNodesPlan(t *testing.T) {
 		t.Errorf("the text does not list each node's plan under its name:\n%s", text)
 	}
 }
+
+// A stop that cuts a look at the tasks short leaves the answer before it: a node whose task was
+// running then is reported as still running, not as never having run.
+func TestFleetStopDuringALook(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	e := &fakeEngine{snapshot: fleetManager, nodes: []swarm.Node{node("n1", "a-running", swarm.NodeStateReady, swarm.NodeAvailabilityActive)}}
+	e.tasks = func(int) []swarm.Task { return []swarm.Task{task("t1", "n1", swarm.TaskStateRunning, 0)} }
+	e.tasksErr = func(n int) error {
+		if n < 2 {
+			return nil
+		}
+		// The second look is under way when the run is stopped.
+		cancel(&outcome.StopCause{Reason: "received terminated"})
+		return context.Canceled
+	}
+	rep, err := testRun(t, e, map[string]string{"fleet": "true", "fleet_image": "plugin:test"}).Execute(ctx)
+	if rep.ExitCode != outcome.ExitRuntime || err == nil || !strings.Contains(err.Error(), "received terminated") {
+		t.Fatalf("exit %d, %v; want 1 naming the signal", rep.ExitCode, err)
+	}
+	if got := rep.Fleet.Nodes; len(got) != 1 || !strings.HasPrefix(got[0].Problem, "its task was still running when the run stopped") {
+		t.Errorf("rows %+v; want a-running's task still running", got)
+	}
+}
