@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/filters"
+	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/client"
 
 	"github.com/drone-gated-prune/drone-gated-prune/internal/fixtures"
@@ -79,7 +81,39 @@ func (e *env) fleet(ctx context.Context, cfg config) error {
 		rep, reqs, err := inProcess(ctx, raw)
 		return time.Since(start), reqs, rep, err
 	}
-	var sepWall, sepMax, fleetWall []time.Duration
+	// floor is the swarm's own part: a global job whose container exits at once, from its creation
+	// until every node's task has completed, looked at every 20 ms.
+	floor := func() (time.Duration, error) {
+		start := time.Now()
+		resp, err := nodes[0].ServiceCreate(ctx, swarm.ServiceSpec{
+			Annotations: swarm.Annotations{Name: "dgp-bench-floor-" + fixtures.RandomHex(3)},
+			TaskTemplate: swarm.TaskSpec{ContainerSpec: &swarm.ContainerSpec{Image: sleeperImage, Command: []string{"/sleeper", "done"}},
+				RestartPolicy: &swarm.RestartPolicy{Condition: swarm.RestartPolicyConditionNone}},
+			Mode: swarm.ServiceMode{GlobalJob: &swarm.GlobalJob{}},
+		}, swarm.ServiceCreateOptions{})
+		if err != nil {
+			return 0, err
+		}
+		defer func() { _ = nodes[0].ServiceRemove(ctx, resp.ID) }()
+		for time.Since(start) < time.Minute {
+			tasks, err := nodes[0].TaskList(ctx, swarm.TaskListOptions{Filters: filters.NewArgs(filters.Arg("service", resp.ID))})
+			if err != nil {
+				return 0, err
+			}
+			done := 0
+			for _, t := range tasks {
+				if t.Status.State == swarm.TaskStateComplete {
+					done++
+				}
+			}
+			if done == len(nodes) {
+				return time.Since(start), nil
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return 0, fmt.Errorf("the floor job did not complete on %d nodes within a minute", len(nodes))
+	}
+	var sepWall, sepMax, fleetWall, floorWall []time.Duration
 	var sepReqs, managerReqs, fleetReqs []string
 	for round := range cfg.rounds {
 		if err := work(); err != nil {
@@ -97,6 +131,7 @@ func (e *env) fleet(ctx context.Context, cfg config) error {
 			sum, longest = sum+d, max(longest, d)
 			if i == 0 {
 				managerReqs = reqs
+				fmt.Fprintf(os.Stderr, "bench: round %d, separate run on node 1: %s; its requests, from the run's start:\n  %s\n", round+1, secs(d), strings.Join(lastTimeline, "\n  "))
 			}
 			if round == 0 {
 				sepReqs = append(sepReqs, fmt.Sprint(len(reqs)))
@@ -123,6 +158,12 @@ func (e *env) fleet(ctx context.Context, cfg config) error {
 			}
 		}
 		fleetWall, fleetReqs = append(fleetWall, d), reqs
+		f, err := floor()
+		if err != nil {
+			return err
+		}
+		floorWall = append(floorWall, f)
+		fmt.Fprintf(os.Stderr, "bench: fleet round %d: %s; its requests on the manager, from the run's start:\n  %s\n", round+1, secs(d), strings.Join(lastTimeline, "\n  "))
 	}
 	ver, err := nodes[0].ServerVersion(ctx)
 	if err != nil {
@@ -131,7 +172,8 @@ func (e *env) fleet(ctx context.Context, cfg config) error {
 	e.t.add(fmt.Sprintf("6. fleet: 3-manager swarm of Docker %s engines, wall time (median of %d)", ver.Version, cfg.rounds),
 		secs(median(fleetWall))+" (one fleet step on the manager)",
 		"—",
-		fmt.Sprintf("3 separate runs, one per node: %s one after another, %s the longest (as 3 crons at once); each node removes 1 dangling image and 1 stopped container", secs(median(sepWall)), secs(median(sepMax))))
+		fmt.Sprintf("3 separate runs, one per node: %s one after another, %s the longest (as 3 crons at once); each node removes 1 dangling image and 1 stopped container. "+
+			"The swarm's floor, a global job whose container exits at once, created to complete on every node: %s", secs(median(sepWall)), secs(median(sepMax)), secs(median(floorWall))))
 	e.t.add("6. fleet: Engine API requests on the manager",
 		fmt.Sprintf("%d from the fleet step (%s) + the manager's own task (as a separate run there)", len(fleetReqs), requestKinds(fleetReqs)),
 		"—",

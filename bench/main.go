@@ -6,6 +6,8 @@
 //	go run ./bench -quick     # small scale, a smoke run of every part
 //	go run ./bench -fleet     # only the fleet part, on a 3-node swarm of Docker 29 engines
 //	                          # (scripts/test-engine.sh build first; the system engine is not pruned)
+//	go run ./bench -noop      # only the daily no-op against the CLI's, on the engine DOCKER_HOST
+//	                          # names
 //	go run ./bench -images    # only the image phase against `docker image prune`, on the engine
 //	                          # DOCKER_HOST names (a Docker 29 engine: scripts/test-engine.sh start)
 package main
@@ -34,6 +36,8 @@ import (
 type config struct {
 	quick bool
 	fleet bool
+	// noopOnly runs only the daily no-op part.
+	noopOnly bool
 	// imagesOnly runs only the image-phase part.
 	imagesOnly bool
 	noopRuns   int
@@ -65,14 +69,15 @@ func main() {
 	quick := flag.Bool("quick", false, "small scale: a smoke run of every part")
 	fleet := flag.Bool("fleet", false, "only the fleet part: a 3-node swarm of Docker 29 engines (scripts/test-engine.sh swarm)")
 	images := flag.Bool("images", false, "only the image-phase part, on the engine DOCKER_HOST names")
+	noop := flag.Bool("noop", false, "only the daily no-op against the CLI's no-op prune, on the engine DOCKER_HOST names")
 	flag.Parse()
-	cfg := config{noopRuns: 15, rounds: 3, images: 1000, stopped: 500, builds: 10,
+	cfg := config{noopRuns: 31, rounds: 3, images: 1000, stopped: 500, builds: 10,
 		sizes: []scale{{10, 1}, {100, 20}, {1000, 100}}, warmBases: 3, warmLayer: 4 << 20}
 	if *quick {
-		cfg = config{quick: true, noopRuns: 10, rounds: 1, images: 50, stopped: 20, builds: 2,
+		cfg = config{quick: true, noopRuns: 9, rounds: 1, images: 50, stopped: 20, builds: 2,
 			sizes: []scale{{10, 1}, {30, 5}}, warmBases: 2, warmLayer: 256 << 10}
 	}
-	cfg.fleet, cfg.imagesOnly = *fleet, *images
+	cfg.fleet, cfg.imagesOnly, cfg.noopOnly = *fleet, *images, *noop
 	if err := run(cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -114,6 +119,8 @@ func run(cfg config) error {
 		parts = []func(context.Context, config) error{e.fleet}
 	case cfg.imagesOnly:
 		parts = []func(context.Context, config) error{e.imagePhase}
+	case cfg.noopOnly:
+		parts = []func(context.Context, config) error{e.noop}
 	default:
 		leave, err := fixtures.EnsureSwarm(ctx, api)
 		if err != nil {
@@ -154,6 +161,10 @@ type countingTransport struct {
 	n    atomic.Int64
 	mu   sync.Mutex
 	seen []string
+	// first is when the first request since the last reset was sent; timeline has each request
+	// with its start from there, for where a run's time goes.
+	first    time.Time
+	timeline []string
 }
 
 func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
@@ -161,7 +172,11 @@ func (c *countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	start := time.Now()
 	resp, err := c.base.RoundTrip(r)
 	c.mu.Lock()
+	if c.first.IsZero() {
+		c.first = start
+	}
 	c.seen = append(c.seen, fmt.Sprintf("%s %s %s", r.Method, r.URL.Path, ms(time.Since(start))))
+	c.timeline = append(c.timeline, fmt.Sprintf("+%s %s %s (%s)", ms(start.Sub(c.first)), r.Method, r.URL.Path, ms(time.Since(start))))
 	c.mu.Unlock()
 	return resp, err
 }
@@ -170,7 +185,7 @@ func (c *countingTransport) reset() []string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	seen := c.seen
-	c.seen = nil
+	c.seen, c.timeline, c.first = nil, nil, time.Time{}
 	c.n.Store(0)
 	return seen
 }

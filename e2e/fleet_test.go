@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -140,12 +142,34 @@ func TestFleet(t *testing.T) {
 	t.Run("dry run lists each node's plan, then pressure prunes each node", func(t *testing.T) {
 		objs, cutoff := s.makeNodeObjects(t)
 		until := cutoff.UTC().Format(time.RFC3339)
-		plan := s.run(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": until, "PLUGIN_DRY_RUN": "true"})
+		cardPath := filepath.Join(t.TempDir(), "card.json")
+		plan := s.run(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_UNTIL": until, "PLUGIN_DRY_RUN": "true", "DRONE_CARD_PATH": cardPath})
 		rows := rowsByNode(plan)
+		var card report.Card
+		data, err := os.ReadFile(cardPath)
+		harness.Must(t, err)
+		harness.Must(t, json.Unmarshal(data, &card))
+		cardRows := map[string]report.NodeRow{}
+		for _, n := range card.Data.Nodes {
+			cardRows[n.Node] = n
+		}
 		for i := range s.nodes {
 			n := rows[s.node(i)]
 			if n.Decision != report.DecisionDryRun || n.Objects != 2 || n.ExitCode != 0 {
 				t.Errorf("dry run, node %s: %+v; want a dry run listing 2 objects", s.node(i), n)
+			}
+			// The plan names the old dangling image and the old stopped container made on this node,
+			// in the JSON summary, the card and the text under the node's name.
+			for _, want := range []struct{ phase, id string }{{report.PhaseImages, objs[i].oldImage}, {report.PhaseContainers, objs[i].oldContainer}} {
+				if !lists(n, want.phase, report.StatusWouldRemove, want.id) {
+					t.Errorf("dry run, node %s: the JSON summary's %s plan does not name %s: %+v", s.node(i), want.phase, want.id, n.Phases)
+				}
+				if !lists(cardRows[s.node(i)], want.phase, report.StatusWouldRemove, want.id) {
+					t.Errorf("dry run, node %s: the card's %s plan does not name %s", s.node(i), want.phase, want.id)
+				}
+				if !strings.Contains(nodeSection(plan.stdout, s.node(i)), shortID(want.id)) {
+					t.Errorf("dry run, node %s: the text does not name %s under the node:\n%s", s.node(i), shortID(want.id), plan.stdout)
+				}
 			}
 			if !present(t, s.nodes[i], "image", objs[i].oldImage) || !present(t, s.nodes[i], "container", objs[i].oldContainer) {
 				t.Errorf("the dry run removed something on %s", s.node(i))
@@ -162,6 +186,9 @@ func TestFleet(t *testing.T) {
 			if n.Decision != report.DecisionPruned || n.Objects != 2 || n.ExitCode != 0 {
 				t.Errorf("node %s: %+v; want pruned, 2 objects", s.node(i), n)
 			}
+			if !lists(n, report.PhaseImages, report.StatusRemoved, objs[i].oldImage) || !strings.Contains(nodeSection(r.stdout, s.node(i)), shortID(objs[i].oldImage)) {
+				t.Errorf("node %s: the summary does not name the old dangling image %s as removed: %+v", s.node(i), objs[i].oldImage, n.Phases)
+			}
 			if present(t, c, "image", objs[i].oldImage) || present(t, c, "container", objs[i].oldContainer) {
 				t.Errorf("node %s: the old dangling image or stopped container is still there", s.node(i))
 			}
@@ -177,6 +204,33 @@ func TestFleet(t *testing.T) {
 		}
 	})
 
+	t.Run("a fleet image no node has fails the step promptly, naming each node", func(t *testing.T) {
+		image := "dgp-missing-" + fixtures.RandomHex(3) + ":1"
+		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_FLEET_IMAGE": image, "PLUGIN_TIMEOUT": "3m"})
+		rows := rowsByNode(r)
+		if r.code != outcome.ExitRuntime || len(rows) != 3 || strings.Contains(r.stderr, "timeout 3m0s reached") {
+			t.Fatalf("exit %d after %s, %d rows; want exit 1 before the 3m timeout, a row per node\n%s", r.code, r.elapsed, len(rows), r.stderr)
+		}
+		for _, want := range []string{image, "load the image on every node", "registry every node can pull from"} {
+			if !strings.Contains(r.stderr, want) {
+				t.Errorf("the error lacks %q: %s", want, r.stderr)
+			}
+		}
+		for i := range s.nodes {
+			n := rows[s.node(i)]
+			// The task's own status message: here, the node's failed pull.
+			for _, want := range []string{"could not", image, "task status: "} {
+				if !strings.Contains(n.Problem, want) {
+					t.Errorf("node %s: %q lacks %q", s.node(i), n.Problem, want)
+				}
+			}
+			if n.ExitCode != outcome.ExitRuntime || !strings.Contains(r.stderr, s.node(i)) {
+				t.Errorf("node %s: exit %d, or not named in the error %q", s.node(i), n.ExitCode, r.stderr)
+			}
+		}
+		t.Logf("a fleet image no node has: exit %d after %s", r.code, r.elapsed.Round(time.Millisecond))
+	})
+
 	t.Run("a run label on node 2 holds node 2 only", func(t *testing.T) {
 		key := "dgp.run." + fixtures.RandomHex(3)
 		c2 := s.nodes[1]
@@ -189,6 +243,33 @@ func TestFleet(t *testing.T) {
 		rows := rowsByNode(r)
 		if r.code != 0 || rows[s.node(1)].Decision != "skipped: no_run" || !phasesRan(rows[s.node(0)]) || !phasesRan(rows[s.node(2)]) {
 			t.Fatalf("exit %d; rows %+v; want node 2 skipped by no_run, the others' phases run", r.code, rows)
+		}
+	})
+
+	t.Run("right after a timeout each node says what became of its task", func(t *testing.T) {
+		// Node 2 holds a live run and waits for it to end for 7.95 s of the 8 s timeout the nodes
+		// share with the manager. Its run started after the manager made the job (at least tens of
+		// milliseconds later), so its task is still running when the manager's run stops, while
+		// nodes 1 and 3 have finished theirs.
+		key := "dgp.run." + fixtures.RandomHex(3)
+		c2 := s.nodes[1]
+		created, err := c2.ContainerCreate(harness.Ctx(), &container.Config{Image: harness.SleeperImage, Cmd: []string{"/sleeper"}, Labels: map[string]string{key: "1"}},
+			&container.HostConfig{NetworkMode: "none"}, nil, nil, "")
+		harness.Must(t, err)
+		harness.Must(t, c2.ContainerStart(harness.Ctx(), created.ID, container.StartOptions{}))
+		t.Cleanup(func() { _ = c2.ContainerRemove(harness.Ctx(), created.ID, container.RemoveOptions{Force: true}) })
+		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_RUN_LABELS": key, "PLUGIN_WAIT": "7950ms", "PLUGIN_TIMEOUT": "8s"})
+		rows := rowsByNode(r)
+		if r.code != outcome.ExitRuntime || !strings.Contains(r.stderr, "timeout 8s reached") || len(rows) != 3 {
+			t.Fatalf("exit %d, %d rows; want 1 naming the timeout, a row per node\n%s", r.code, len(rows), r.stderr)
+		}
+		for _, i := range []int{0, 2} {
+			if n := rows[s.node(i)]; n.Problem != "" || !phasesRan(n) {
+				t.Errorf("node %s finished its task before the timeout: %+v; want its card", s.node(i), n)
+			}
+		}
+		if n := rows[s.node(1)]; !strings.HasPrefix(n.Problem, "its task was still running when the run stopped (timeout 8s reached)") || n.ExitCode != outcome.ExitRuntime {
+			t.Errorf("node %s: %+v; want its task still running at the timeout", s.node(1), n)
 		}
 	})
 
@@ -264,6 +345,40 @@ func TestFleet(t *testing.T) {
 		}
 	})
 }
+
+// lists reports whether a node's row names the object id in the given phase with the given status
+// (image IDs compared without their sha256: prefix).
+func lists(n report.NodeRow, phase, status, id string) bool {
+	for _, p := range n.Phases {
+		if p.Phase != phase || p.Status != status {
+			continue
+		}
+		for _, o := range p.Objects {
+			if strings.TrimPrefix(o.ID, "sha256:") == strings.TrimPrefix(id, "sha256:") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// nodeSection is the part of a fleet summary's text listed under the node's name.
+func nodeSection(text, node string) string {
+	_, rest, ok := strings.Cut(text, "\n  "+node+":\n")
+	if !ok {
+		return ""
+	}
+	var lines []string
+	for _, line := range strings.Split(rest, "\n") {
+		if !strings.HasPrefix(line, "    ") {
+			break
+		}
+		lines = append(lines, line)
+	}
+	return strings.Join(lines, "\n")
+}
+
+func shortID(id string) string { return strings.TrimPrefix(id, "sha256:")[:12] }
 
 // phasesRan reports whether a node's run got through its gates and ran its phases, whether they
 // found anything to remove or not.

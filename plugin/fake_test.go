@@ -41,8 +41,10 @@ type fakeEngine struct {
 	pruneBuildCache func(ctx context.Context, ids []string, until time.Duration) ([]string, uint64, error)
 
 	// The swarm: nodes, the n-th Tasks answer (from 1), each task's log by task ID.
-	nodes    []swarm.Node
-	tasks    func(n int) []swarm.Task
+	nodes []swarm.Node
+	tasks func(n int) []swarm.Task
+	// tasksErr, when set, is the n-th Tasks answer's error (nil: the answer is tasks(n)).
+	tasksErr func(n int) error
 	taskN    int
 	logs     map[string][]byte
 	services []swarm.ServiceSpec
@@ -194,6 +196,11 @@ func (f *fakeEngine) Nodes(context.Context) ([]swarm.Node, error) {
 func (f *fakeEngine) Tasks(context.Context, string) ([]swarm.Task, error) {
 	f.called("Tasks")
 	f.taskN++
+	if f.tasksErr != nil {
+		if err := f.tasksErr(f.taskN); err != nil {
+			return nil, err
+		}
+	}
 	if f.tasks == nil {
 		return nil, nil
 	}

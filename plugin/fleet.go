@@ -58,13 +58,17 @@ func (r *Run) runFleet(ctx context.Context, rep *report.Report) error {
 			r.Log.WithError(err).Warn("removing the fleet job")
 		}
 	}()
-	rows, err := r.fleetResults(ctx, id)
+	w, rows, err := r.fleetResults(ctx, id, image)
 	rep.Fleet.Nodes = rows
-	if err != nil {
-		return err
+	if err == nil {
+		rep.Decision = report.DecisionFleet
+		err = worstNode(rows)
 	}
-	rep.Decision = report.DecisionFleet
-	return worstNode(rows)
+	if err != nil && w != nil && w.imageFailed {
+		// The remedy, said once; the exit code stays the one err carries.
+		err = fmt.Errorf("%w; for the nodes that could not run the fleet image: %s", err, fleetImageRemedy)
+	}
+	return err
 }
 
 // clusterOnly keeps what the manager judges for the whole swarm: its services (and their stacks).
@@ -155,52 +159,168 @@ func worstNode(rows []report.NodeRow) error {
 	return &outcome.RuntimeError{What: "the fleet run", Err: fmt.Errorf("node(s) %s exited %d", strings.Join(names, ", "), worst)}
 }
 
-// fleetResults waits, asking every FleetPoll until ctx ends, for the job's task on every node
-// that can run one, then reads each ended task's card from its log. A node that is down or
-// drained, or whose task did not end in time or left no card, gets a row that names the problem
-// and exit code 1.
-func (r *Run) fleetResults(ctx context.Context, serviceID string) ([]report.NodeRow, error) {
+// fleetPollFirst is the shortest interval between two looks at the job's tasks. The interval grows
+// with the time already waited (a twentieth of it) up to Run.FleetPoll: a swarm runs a global job
+// on a few nodes in about a second, its nodes ending some 100 ms apart, and a long wait should not
+// be asked about twenty times a second.
+const fleetPollFirst = 50 * time.Millisecond
+
+// fleetPollAfter is the interval before the next look, waited has passed since the job was made.
+func fleetPollAfter(waited, longest time.Duration) time.Duration {
+	return min(longest, max(fleetPollFirst, waited/20))
+}
+
+// fleetWait is one wait for the job's tasks: a row per node, the nodes that can run a task, and
+// the nodes whose row is final (the card of their ended task read, or the problem named).
+type fleetWait struct {
+	r        *Run
+	image    string
+	rows     map[string]*report.NodeRow
+	eligible map[string]bool
+	final    map[string]bool
+	// imageFailed is set when a node could not get or start the image.
+	imageFailed bool
+}
+
+// fleetResults waits for the job's task on every node that can run one, reading each task's card
+// as soon as it ends, until every eligible node's row is final or ctx ends. A node that is down or
+// drained, whose task left no card, could not start (the image is missing there, for one) or is
+// still short of running after FleetPrepareLimit, gets a row that names the problem and exit code 1.
+func (r *Run) fleetResults(ctx context.Context, serviceID, image string) (*fleetWait, []report.NodeRow, error) {
 	nodes, err := r.Engine.Nodes(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	rows, eligible := nodeRows(nodes)
-	var tasks []swarm.Task
+	w := &fleetWait{r: r, image: image, final: map[string]bool{}}
+	w.rows, w.eligible = nodeRows(nodes)
+	start := time.Now()
+	// last is the latest answer: a look the stop cuts short leaves the one before it.
+	var last []swarm.Task
 	for {
-		if tasks, err = r.Engine.Tasks(ctx, serviceID); err != nil {
-			return sortedRows(rows), err
+		tasks, err := r.Engine.Tasks(ctx, serviceID)
+		if err != nil {
+			if ctx.Err() != nil {
+				rows, err := w.timedOut(ctx, last)
+				return w, rows, err
+			}
+			return w, sortedRows(w.rows), err
 		}
-		if allEnded(tasks, eligible) {
-			break
+		last = tasks
+		for _, t := range tasks {
+			w.look(ctx, t, time.Since(start))
+		}
+		if w.done() {
+			return w, sortedRows(w.rows), nil
 		}
 		select {
 		case <-ctx.Done():
-			for _, t := range tasks {
-				if row := rows[t.NodeID]; row != nil && !terminalTask(t.Status.State) {
-					row.Problem = "its task did not end in time (" + string(t.Status.State) + ")"
-				}
-			}
-			return sortedRows(rows), nil
-		case <-time.After(r.FleetPoll):
+			rows, err := w.timedOut(ctx, last)
+			return w, rows, err
+		case <-time.After(fleetPollAfter(time.Since(start), r.FleetPoll)):
 		}
 	}
+}
+
+// look reads one task: the card of a task that has ended, or the problem of one that could not
+// start, whose status carries an error before it runs, or that is still short of running after
+// FleetPrepareLimit.
+func (w *fleetWait) look(ctx context.Context, t swarm.Task, waited time.Duration) {
+	row := w.rows[t.NodeID]
+	if row == nil || w.final[t.NodeID] || ctx.Err() != nil {
+		return // once the run is stopped, timedOut reads what is left
+	}
+	switch {
+	case terminalTask(t.Status.State):
+		w.readCard(ctx, row, t)
+	case beforeStart(t.Status.State) && t.Status.Err != "":
+		// The node tried and failed, and keeps retrying: Docker 29 leaves a task whose image pull
+		// fails preparing, with the pull's error, for as long as the job lasts.
+		row.ExitCode = outcome.ExitRuntime
+		row.Problem = fmt.Sprintf("its task is %s and failing (task status: %s)", t.Status.State, t.Status.Err)
+		if imageTrouble(t.Status.Err, w.image) {
+			row.Problem = fmt.Sprintf("could not get or start image %s: %s", w.image, row.Problem)
+			w.imageFailed = true
+		}
+	case beforeStart(t.Status.State) && waited >= w.r.FleetPrepareLimit:
+		row.ExitCode = outcome.ExitRuntime
+		row.Problem = fmt.Sprintf("could not get or start image %s: its task is still %s after %s (task status: %s)",
+			w.image, t.Status.State, w.r.FleetPrepareLimit, taskStatusText(t))
+		w.imageFailed = true
+	default:
+		return
+	}
+	w.final[t.NodeID] = true
+}
+
+// fleetImageRemedy is what an operator does about a fleet image a node cannot run; the run's error
+// says it once after the nodes it concerns.
+const fleetImageRemedy = "load the image on every node (docker load), or set fleet_image to an image in a registry every node can pull from (with registry auth for a private one)"
+
+// readCard fills a node's row from the card its ended task printed. A task that ended without
+// starting its container (rejected: no such image, for one) is named with the task's own message,
+// and with the image when that message is about it.
+func (w *fleetWait) readCard(ctx context.Context, row *report.NodeRow, t swarm.Task) {
+	if !taskStarted(t) {
+		row.ExitCode = outcome.ExitRuntime
+		row.Problem = fmt.Sprintf("its task is %s before its container was made (task status: %s)", t.Status.State, taskStatusText(t))
+		if imageTrouble(t.Status.Err, w.image) {
+			row.Problem = fmt.Sprintf("could not start image %s: %s", w.image, row.Problem)
+			w.imageFailed = true
+		}
+		return
+	}
+	log, err := w.r.Engine.TaskStdout(ctx, t.ID)
+	if err == nil {
+		var card report.CardData
+		if card, err = report.ReadCard(log); err == nil {
+			fillRow(row, card)
+			return
+		}
+		err = fmt.Errorf("its task (%s, exit %d) left no report: %w", t.Status.State, taskExit(t), err)
+	}
+	row.ExitCode, row.Problem = outcome.ExitRuntime, err.Error()
+}
+
+// done reports whether every eligible node's row is final.
+func (w *fleetWait) done() bool {
+	for id := range w.eligible {
+		if !w.final[id] {
+			return false
+		}
+	}
+	return true
+}
+
+// fleetReadGrace is how long the cards of tasks that ended before the run's timeout may still be
+// read once it has passed.
+const fleetReadGrace = 3 * time.Second
+
+// timedOut is the rows when the run's timeout (or a signal) ends the wait: a node whose task had
+// ended keeps its card (read now, within fleetReadGrace, if it was not yet), one whose task was
+// still under way or never came says so.
+func (w *fleetWait) timedOut(ctx context.Context, tasks []swarm.Task) ([]report.NodeRow, error) {
+	grace, cancel := context.WithTimeout(context.WithoutCancel(ctx), fleetReadGrace)
+	defer cancel()
+	seen := map[string]bool{}
 	for _, t := range tasks {
-		row := rows[t.NodeID]
-		if row == nil || !terminalTask(t.Status.State) {
+		row := w.rows[t.NodeID]
+		if row == nil || w.final[t.NodeID] {
 			continue
 		}
-		log, err := r.Engine.TaskStdout(ctx, t.ID)
-		if err == nil {
-			var card report.CardData
-			if card, err = report.ReadCard(log); err == nil {
-				fillRow(row, card)
-				continue
-			}
-			err = fmt.Errorf("its task (%s, exit %d) left no report: %w", t.Status.State, taskExit(t), err)
+		seen[t.NodeID] = true
+		if terminalTask(t.Status.State) {
+			w.readCard(grace, row, t)
+			continue
 		}
-		row.ExitCode, row.Problem = outcome.ExitRuntime, err.Error()
+		row.ExitCode = outcome.ExitRuntime
+		row.Problem = fmt.Sprintf("its task was still %s when the run stopped (%v)", t.Status.State, context.Cause(ctx))
 	}
-	return sortedRows(rows), nil
+	for id := range w.eligible {
+		if !w.final[id] && !seen[id] {
+			w.rows[id].Problem = fmt.Sprintf("its task never ran: none was scheduled on it before the run stopped (%v)", context.Cause(ctx))
+		}
+	}
+	return sortedRows(w.rows), stopped(ctx, "while waiting for the nodes' tasks")
 }
 
 // nodeRows is a row per node, each exit code 1 and its problem until its task's card says
@@ -228,6 +348,40 @@ func fillRow(row *report.NodeRow, card report.CardData) {
 	row.Problem = ""
 	row.Decision, row.DiskBefore, row.DiskAfter = card.Decision, card.DiskBefore, card.DiskAfter
 	row.Objects, row.Bytes, row.ExitCode = card.Objects, card.ReclaimedBytes, card.ExitCode
+	row.Phases = card.Phases
+}
+
+// beforeStart reports whether a task is still on its way to running: scheduled, getting its image,
+// or being created.
+func beforeStart(s swarm.TaskState) bool {
+	switch s {
+	case swarm.TaskStateNew, swarm.TaskStateAllocated, swarm.TaskStatePending, swarm.TaskStateAssigned,
+		swarm.TaskStateAccepted, swarm.TaskStatePreparing, swarm.TaskStateReady, swarm.TaskStateStarting:
+		return true
+	}
+	return false
+}
+
+// taskStarted reports whether a task's container was made: one that was not never printed a card.
+func taskStarted(t swarm.Task) bool {
+	return t.Status.ContainerStatus != nil && t.Status.ContainerStatus.ContainerID != ""
+}
+
+// imageTrouble reports whether a task's error is about its image: it names the image, or says
+// the node has no such image.
+func imageTrouble(taskErr, image string) bool {
+	return strings.Contains(taskErr, image) || strings.Contains(strings.ToLower(taskErr), "no such image")
+}
+
+// taskStatusText is the task's own account of its state: its error, else its message.
+func taskStatusText(t swarm.Task) string {
+	if t.Status.Err != "" {
+		return t.Status.Err
+	}
+	if t.Status.Message != "" {
+		return t.Status.Message
+	}
+	return string(t.Status.State)
 }
 
 // terminalTask reports whether a task has ended, one way or another.
@@ -237,23 +391,6 @@ func terminalTask(s swarm.TaskState) bool {
 		return true
 	}
 	return false
-}
-
-// allEnded reports whether every eligible node has a task and every task has ended.
-func allEnded(tasks []swarm.Task, eligible map[string]bool) bool {
-	seen := map[string]bool{}
-	for _, t := range tasks {
-		if !terminalTask(t.Status.State) {
-			return false
-		}
-		seen[t.NodeID] = true
-	}
-	for id := range eligible {
-		if !seen[id] {
-			return false
-		}
-	}
-	return true
 }
 
 func taskExit(t swarm.Task) int {

@@ -62,7 +62,8 @@ func Main(ctx context.Context, inv Invocation) int {
 			}
 		}()
 	}
-	r := &Run{Config: cfg, Engine: client, Log: log, Version: inv.Version, PollInterval: 5 * time.Second, FleetPoll: 2 * time.Second}
+	r := &Run{Config: cfg, Engine: client, Log: log, Version: inv.Version, PollInterval: DefaultPollInterval,
+		FleetPoll: DefaultFleetPoll, FleetPrepareLimit: DefaultFleetPrepareLimit}
 	rep, err := r.Execute(ctx)
 	return emit(inv, cfg, log, rep, err)
 }

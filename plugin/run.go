@@ -15,6 +15,13 @@ import (
 	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
 
+// The intervals and the limit the command runs with (Main); the run's unit tests set shorter ones.
+const (
+	DefaultPollInterval      = 5 * time.Second
+	DefaultFleetPoll         = 2 * time.Second
+	DefaultFleetPrepareLimit = 45 * time.Second
+)
+
 // Run is one gated prune of valid settings: measure → gates → prune in order, the gates
 // re-checked before each phase → measure again.
 type Run struct {
@@ -24,8 +31,12 @@ type Run struct {
 	Version string
 	// PollInterval is how often closed gates are re-checked while Config.Wait lasts.
 	PollInterval time.Duration
-	// FleetPoll is how often a fleet run asks whether every node's task has ended.
+	// FleetPoll is the longest interval between a fleet run's looks at its nodes' tasks (the first
+	// looks come sooner: fleetPollFirst).
 	FleetPoll time.Duration
+	// FleetPrepareLimit is how long a node's task may take to start running (the node getting the
+	// fleet image, for one) before that node is reported as unable to run it.
+	FleetPrepareLimit time.Duration
 }
 
 // Execute runs the policy and always returns a report; the error, when not nil, carries the exit

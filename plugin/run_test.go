@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -37,7 +38,8 @@ func testRun(t *testing.T, e Engine, settings map[string]string) *Run {
 	}
 	log := logrus.New()
 	log.SetOutput(io.Discard)
-	return &Run{Config: cfg, Engine: e, Log: log, Version: "test", PollInterval: 10 * time.Millisecond, FleetPoll: 10 * time.Millisecond}
+	return &Run{Config: cfg, Engine: e, Log: log, Version: "test", PollInterval: 10 * time.Millisecond, FleetPoll: 10 * time.Millisecond,
+		FleetPrepareLimit: time.Minute}
 }
 
 // liveRun is a snapshot in which a container of a CI run (stack_pattern ^ci-) is running.
@@ -253,12 +255,21 @@ func TestRunWaitsForGate(t *testing.T) {
 	}
 }
 
-// cardLog is a node's task log: its text summary and its card, as the plugin prints them.
+// cardLog is a node's task log: its text summary and its card, as the plugin prints them; its
+// image phase removed objects images, named img-1, img-2, ...
 func cardLog(t *testing.T, decision string, code, objects int) []byte {
 	t.Helper()
 	var b bytes.Buffer
-	rep := &report.Report{Version: "test", Decision: decision, ExitCode: code,
-		Phases: []report.PhaseReport{{Phase: report.PhaseImages, Status: report.StatusRemoved, Count: objects, Bytes: 1000}}}
+	status := report.StatusRemoved
+	if decision == report.DecisionDryRun {
+		status = report.StatusWouldRemove
+	}
+	var objs []report.Object
+	for i := range objects {
+		objs = append(objs, report.Object{ID: fmt.Sprintf("sha256:img-%d", i+1), Size: 500})
+	}
+	rep := &report.Report{Version: "test", Decision: decision, ExitCode: code, DryRun: status == report.StatusWouldRemove,
+		Phases: []report.PhaseReport{{Phase: report.PhaseImages, Status: status, Count: objects, Bytes: 1000, Objects: objs}}}
 	if err := report.WriteText(&b, rep); err != nil {
 		t.Fatal(err)
 	}
@@ -273,8 +284,24 @@ func node(id, host string, state swarm.NodeState, availability swarm.NodeAvailab
 		Status: swarm.NodeStatus{State: state}, Spec: swarm.NodeSpec{Availability: availability}}
 }
 
+// task is a task whose container was made (a task that got as far as running).
 func task(id, nodeID string, state swarm.TaskState, exit int) swarm.Task {
-	return swarm.Task{ID: id, NodeID: nodeID, Status: swarm.TaskStatus{State: state, ContainerStatus: &swarm.ContainerStatus{ExitCode: exit}}}
+	return swarm.Task{ID: id, NodeID: nodeID, Status: swarm.TaskStatus{State: state, ContainerStatus: &swarm.ContainerStatus{ContainerID: "c-" + id, ExitCode: exit}}}
+}
+
+// withoutPhases is the rows with their phases left out, to compare the rest.
+func withoutPhases(rows []report.NodeRow) []report.NodeRow {
+	out := slices.Clone(rows)
+	for i := range out {
+		out[i].Phases = nil
+	}
+	return out
+}
+
+func fleetManager(context.Context, int) (engine.Snapshot, error) {
+	s := idle()
+	s.Workload.Swarm = gates.SwarmManager
+	return s, nil
 }
 
 // A fleet run gives every node a row: the card of a node whose task ended, the problem of a node
@@ -314,8 +341,8 @@ func TestFleetPerNodeOutcomes(t *testing.T) {
 			{Node: "d-drained", ExitCode: 1, Problem: "node is drain"},
 			{Node: "e-nocard", ExitCode: 1, Problem: "its task (failed, exit 2) left no report: no card in its log"},
 		}
-		if !slices.Equal(rep.Fleet.Nodes, want) {
-			t.Errorf("rows\n%+v\nwant\n%+v", rep.Fleet.Nodes, want)
+		if got := withoutPhases(rep.Fleet.Nodes); !reflect.DeepEqual(got, want) {
+			t.Errorf("rows\n%+v\nwant\n%+v", got, want)
 		}
 		if len(e.services) != 1 || e.services[0].Mode.GlobalJob == nil || e.services[0].TaskTemplate.ContainerSpec.Image != "plugin:test" || !slices.Equal(e.removed, []string{"job1"}) {
 			t.Errorf("job %+v, removed %q; want one global job of plugin:test, removed", e.services, e.removed)
@@ -332,11 +359,172 @@ func TestFleetPerNodeOutcomes(t *testing.T) {
 		if rep.ExitCode != outcome.ExitRuntime || err == nil {
 			t.Fatalf("exit %d, %v; want 1", rep.ExitCode, err)
 		}
-		if got := rep.Fleet.Nodes; len(got) != 1 || got[0].Problem != "its task did not end in time (running)" || got[0].ExitCode != 1 {
-			t.Errorf("rows %+v; want a-ok's task reported as not ended in time", got)
+		if got := rep.Fleet.Nodes; len(got) != 1 || !strings.HasPrefix(got[0].Problem, "its task was still running when the run stopped (timeout 300ms reached)") || got[0].ExitCode != 1 {
+			t.Errorf("rows %+v; want a-ok's task reported as still running at the timeout", got)
 		}
 		if !slices.Equal(e.removed, []string{"job1"}) {
 			t.Errorf("the job was not removed after the timeout: %q", e.removed)
 		}
 	})
+}
+
+// Right after a timeout each node's row says what became of its task: a node whose task had
+// ended keeps its card, one whose task was under way says so, one that never got a task says it
+// never ran. The run's error names the timeout.
+func TestFleetTimeoutTexts(t *testing.T) {
+	nodes := []swarm.Node{
+		node("n1", "a-finished", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n2", "b-running", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n3", "c-never", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+	}
+	e := &fakeEngine{snapshot: fleetManager, nodes: nodes, logs: map[string][]byte{"t1": cardLog(t, "pruned", 0, 1)}}
+	e.tasks = func(n int) []swarm.Task {
+		if n == 1 {
+			return []swarm.Task{task("t1", "n1", swarm.TaskStateRunning, 0), task("t2", "n2", swarm.TaskStateRunning, 0)}
+		}
+		return []swarm.Task{task("t1", "n1", swarm.TaskStateComplete, 0), task("t2", "n2", swarm.TaskStateRunning, 0)}
+	}
+	rep, err := testRun(t, e, map[string]string{"fleet": "true", "fleet_image": "plugin:test", "timeout": "300ms"}).Execute(context.Background())
+	if rep.ExitCode != outcome.ExitRuntime || err == nil || !strings.Contains(err.Error(), "timeout 300ms reached") {
+		t.Fatalf("exit %d, %v; want 1 naming the timeout", rep.ExitCode, err)
+	}
+	rows := map[string]report.NodeRow{}
+	for _, r := range rep.Fleet.Nodes {
+		rows[r.Node] = r
+	}
+	if r := rows["a-finished"]; r.Decision != "pruned" || r.Problem != "" || r.Objects != 1 || r.ExitCode != 0 {
+		t.Errorf("a-finished: %+v; want its card (pruned, 1 object)", r)
+	}
+	if r := rows["b-running"]; !strings.HasPrefix(r.Problem, "its task was still running when the run stopped") || r.ExitCode != 1 {
+		t.Errorf("b-running: %+v; want its task still running", r)
+	}
+	if r := rows["c-never"]; !strings.HasPrefix(r.Problem, "its task never ran") || r.ExitCode != 1 {
+		t.Errorf("c-never: %+v; want its task never ran", r)
+	}
+}
+
+// A node that cannot run the fleet image fails the run without waiting out the timeout: a task
+// rejected before its container was made, one preparing with an error (a pull that fails), and one
+// still preparing after FleetPrepareLimit, are each named with the image, the task's own message
+// and the remedy, while a node that ran its task keeps its card.
+func TestFleetImageNodesCannotRun(t *testing.T) {
+	nodes := []swarm.Node{
+		node("n1", "a-ok", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n2", "b-rejected", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n3", "c-preparing", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n4", "d-pull-failing", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n5", "e-bad-mount", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+	}
+	rejected := swarm.Task{ID: "t2", NodeID: "n2", Status: swarm.TaskStatus{State: swarm.TaskStateRejected, Message: "preparing",
+		Err: "No such image: plugin:missing"}}
+	preparing := swarm.Task{ID: "t3", NodeID: "n3", Status: swarm.TaskStatus{State: swarm.TaskStatePreparing, Message: "preparing"}}
+	// As Docker 29 reports a pull that cannot reach a registry: preparing, with the pull's error.
+	pullFailing := swarm.Task{ID: "t4", NodeID: "n4", Status: swarm.TaskStatus{State: swarm.TaskStatePreparing, Message: "preparing",
+		Err: `failed to resolve reference "docker.io/library/plugin:missing": dial tcp: lookup registry-1.docker.io: network is unreachable`}}
+	// Rejected for a reason other than the image: named with its message, not as an image problem.
+	badMount := swarm.Task{ID: "t5", NodeID: "n5", Status: swarm.TaskStatus{State: swarm.TaskStateRejected,
+		Err: `invalid mount config for type "bind": bind source path does not exist: /nowhere/docker.sock`}}
+	e := &fakeEngine{snapshot: fleetManager, nodes: nodes, logs: map[string][]byte{"t1": cardLog(t, "pruned", 0, 1)}}
+	e.tasks = func(int) []swarm.Task {
+		return []swarm.Task{task("t1", "n1", swarm.TaskStateComplete, 0), rejected, preparing, pullFailing, badMount}
+	}
+	r := testRun(t, e, map[string]string{"fleet": "true", "fleet_image": "plugin:missing", "timeout": "1m"})
+	r.FleetPrepareLimit = 200 * time.Millisecond
+	start := time.Now()
+	rep, err := r.Execute(context.Background())
+	if took := time.Since(start); rep.ExitCode != outcome.ExitRuntime || err == nil || took > 30*time.Second {
+		t.Fatalf("exit %d, %v after %s; want 1 well before the 1m timeout", rep.ExitCode, err, took)
+	}
+	for _, name := range []string{"b-rejected", "c-preparing", "d-pull-failing", "load the image on every node", "registry"} {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("the error does not name %s: %v", name, err)
+		}
+	}
+	rows := map[string]report.NodeRow{}
+	for _, row := range rep.Fleet.Nodes {
+		rows[row.Node] = row
+	}
+	if row := rows["a-ok"]; row.Decision != "pruned" || row.ExitCode != 0 {
+		t.Errorf("a-ok: %+v; want its card", row)
+	}
+	for name, says := range map[string]string{"b-rejected": "No such image: plugin:missing", "c-preparing": "still preparing after 200ms",
+		"d-pull-failing": "could not get or start image plugin:missing: its task is preparing and failing (task status: failed to resolve reference"} {
+		row := rows[name]
+		for _, want := range []string{"plugin:missing", says} {
+			if !strings.Contains(row.Problem, want) {
+				t.Errorf("%s: %q lacks %q", name, row.Problem, want)
+			}
+		}
+		if row.ExitCode != outcome.ExitRuntime {
+			t.Errorf("%s: exit %d, want 1", name, row.ExitCode)
+		}
+	}
+	if row := rows["e-bad-mount"]; row.Problem != `its task is rejected before its container was made (task status: invalid mount config for type "bind": bind source path does not exist: /nowhere/docker.sock)` || row.ExitCode != 1 {
+		t.Errorf("e-bad-mount: %+v; want its own message, not an image problem", row)
+	}
+	if count(e.Calls(), "TaskStdout") != 1 {
+		t.Errorf("calls %v: want the log read of a-ok's task only", e.Calls())
+	}
+}
+
+// A fleet dry run lists each node's plan: every object its phases would remove, under the node's
+// name, in the rows (JSON summary and card) and in the text.
+func TestFleetListsEachNodesPlan(t *testing.T) {
+	nodes := []swarm.Node{
+		node("n1", "a-one", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n2", "b-two", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+	}
+	e := &fakeEngine{snapshot: fleetManager, nodes: nodes,
+		logs: map[string][]byte{"t1": cardLog(t, report.DecisionDryRun, 0, 1), "t2": cardLog(t, report.DecisionDryRun, 0, 2)}}
+	e.tasks = func(int) []swarm.Task {
+		return []swarm.Task{task("t1", "n1", swarm.TaskStateComplete, 0), task("t2", "n2", swarm.TaskStateComplete, 0)}
+	}
+	rep, err := testRun(t, e, map[string]string{"fleet": "true", "fleet_image": "plugin:test", "dry_run": "true"}).Execute(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, row := range rep.Fleet.Nodes {
+		var ids []string
+		for _, p := range row.Phases {
+			for _, o := range p.Objects {
+				ids = append(ids, o.ID)
+			}
+		}
+		if want := map[string]int{"a-one": 1, "b-two": 2}[row.Node]; len(ids) != want || ids[0] != "sha256:img-1" {
+			t.Errorf("%s: planned %q, want %d images from img-1", row.Node, ids, want)
+		}
+	}
+	var b bytes.Buffer
+	if err := report.WriteText(&b, rep); err != nil {
+		t.Fatal(err)
+	}
+	text := b.String()
+	_, underB, _ := strings.Cut(text, "\n  b-two:\n")
+	if !strings.Contains(text, "\n  a-one:\n    images       would remove 1") || !strings.Contains(underB, "img-2") {
+		t.Errorf("the text does not list each node's plan under its name:\n%s", text)
+	}
+}
+
+// A stop that cuts a look at the tasks short leaves the answer before it: a node whose task was
+// running then is reported as still running, not as never having run.
+func TestFleetStopDuringALook(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	e := &fakeEngine{snapshot: fleetManager, nodes: []swarm.Node{node("n1", "a-running", swarm.NodeStateReady, swarm.NodeAvailabilityActive)}}
+	e.tasks = func(int) []swarm.Task { return []swarm.Task{task("t1", "n1", swarm.TaskStateRunning, 0)} }
+	e.tasksErr = func(n int) error {
+		if n < 2 {
+			return nil
+		}
+		// The second look is under way when the run is stopped.
+		cancel(&outcome.StopCause{Reason: "received terminated"})
+		return context.Canceled
+	}
+	rep, err := testRun(t, e, map[string]string{"fleet": "true", "fleet_image": "plugin:test"}).Execute(ctx)
+	if rep.ExitCode != outcome.ExitRuntime || err == nil || !strings.Contains(err.Error(), "received terminated") {
+		t.Fatalf("exit %d, %v; want 1 naming the signal", rep.ExitCode, err)
+	}
+	if got := rep.Fleet.Nodes; len(got) != 1 || !strings.HasPrefix(got[0].Problem, "its task was still running when the run stopped") {
+		t.Errorf("rows %+v; want a-running's task still running", got)
+	}
 }

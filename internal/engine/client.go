@@ -31,6 +31,8 @@ type Client struct {
 	// StopGrace is how long a prune already sent may still answer once the run is stopped
 	// (signal or timeout), so the summary can say what it removed.
 	StopGrace time.Duration
+	// info is the run's GET /info answer, read once (Store or the first Snapshot).
+	info *infoReading
 }
 
 // New connects the way the docker CLI does: DOCKER_HOST, DOCKER_API_VERSION and TLS settings

@@ -14,6 +14,7 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/api/types/swarm"
+	"github.com/docker/docker/api/types/system"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
 	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
@@ -31,7 +32,21 @@ type Snapshot struct {
 	Store Store
 }
 
-// Snapshot asks the daemon for its clock and swarm role (GET /info), the swarm services with
+// infoReading is a GET /info answer and when it was read, on this host's clock.
+type infoReading struct {
+	info system.Info
+	at   time.Time
+}
+
+// remember keeps an /info answer for the run's later snapshots.
+func (e *Client) remember(info system.Info) {
+	e.info = &infoReading{info: info, at: time.Now()}
+}
+
+// Snapshot asks the daemon for its clock and swarm role (GET /info, once a run: later snapshots,
+// and the first after Store, reuse that answer, the daemon's clock moved on by the time passed
+// here, as /info costs 10 to 30 ms on a busy engine and a run's role does not change under it; a
+// demotion shows as GET /services answering 503), the swarm services with
 // their task counts and their tasks that failed or have not ended (GET /services?status=true and
 // GET /tasks, managers only) and the containers that can be live
 // (GET /containers/json: created, running, paused, restarting; on a worker this includes the
@@ -39,18 +54,23 @@ type Snapshot struct {
 // calls does not grow with the number of objects.
 func (e *Client) Snapshot(ctx context.Context) (Snapshot, error) {
 	var s Snapshot
-	qctx, cancel := e.query(ctx)
-	defer cancel()
-	info, err := e.api.Info(qctx)
-	if err != nil {
-		return s, e.failed("asking the daemon for its swarm state (GET /info)", err)
+	if e.info == nil {
+		qctx, cancel := e.query(ctx)
+		info, err := e.api.Info(qctx)
+		cancel()
+		if err != nil {
+			return s, e.failed("asking the daemon for its swarm state (GET /info)", err)
+		}
+		e.remember(info)
 	}
+	info := e.info.info
 	s.APIVersion = e.api.ClientVersion()
 	s.LocalTime = time.Now()
-	s.DaemonTime, err = time.Parse(time.RFC3339Nano, info.SystemTime)
+	daemonTime, err := time.Parse(time.RFC3339Nano, info.SystemTime)
 	if err != nil {
 		return s, &outcome.RuntimeError{What: "reading the daemon's clock from GET /info", Err: err}
 	}
+	s.DaemonTime = daemonTime.Add(s.LocalTime.Sub(e.info.at))
 	s.Workload.Self = selfNames()
 	s.Workload.Now = s.DaemonTime
 	role, ok := swarmRole(info.Swarm)

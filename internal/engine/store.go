@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,8 +13,14 @@ import (
 	"os"
 	"slices"
 
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/docker/docker/api/types"
+	"github.com/docker/docker/api/types/swarm"
 	"github.com/docker/docker/api/types/system"
+	"github.com/docker/docker/client"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
 )
 
 // Store is where and how the engine keeps images, from GET /info.
@@ -204,13 +212,83 @@ func eachField(msg []byte, f func(protowire.Number, []byte) error) error {
 	return nil
 }
 
-// Store asks the daemon where and how it keeps its data (GET /info).
+// Store asks the daemon where and how it keeps its data (GET /info). On a unix socket the request
+// goes without an API version in its path, which the daemon answers in its own version, so that
+// the daily no-op needs no version negotiation first (one request, not a ping and then /info); the
+// answer's API-Version header then stands in for the ping before the run's next call. With
+// DOCKER_API_VERSION set, or on a TCP host, it is the client's own Info.
 func (e *Client) Store(ctx context.Context) (Store, error) {
 	ctx, cancel := e.query(ctx)
 	defer cancel()
-	info, err := e.api.Info(ctx)
+	var (
+		info system.Info
+		err  error
+	)
+	if u, perr := client.ParseHostURL(e.api.DaemonHost()); perr == nil && u.Scheme == "unix" && os.Getenv(client.EnvOverrideAPIVersion) == "" {
+		info, err = e.unversionedInfo(ctx)
+	} else {
+		info, err = e.api.Info(ctx)
+	}
+	var unreachable *unreachableError
+	if errors.As(err, &unreachable) {
+		return Store{}, &outcome.RuntimeError{What: "asking the daemon for its data root (GET /info)",
+			Err: fmt.Errorf("daemon unreachable at %s: %w", e.api.DaemonHost(), unreachable.err)}
+	}
 	if err != nil {
 		return Store{}, e.failed("asking the daemon for its data root (GET /info)", err)
 	}
+	e.remember(info)
 	return readStore(info, e.podman()), nil
+}
+
+// unreachableError is a request that never reached the daemon (no socket, nothing listening).
+type unreachableError struct{ err error }
+
+func (u *unreachableError) Error() string { return u.err.Error() }
+func (u *unreachableError) Unwrap() error { return u.err }
+
+// unversionedInfo is GET /info on the daemon's unix socket, with no API version in its path; it
+// reads only the fields readStore and Snapshot use, and hands the API version the daemon names to the client.
+func (e *Client) unversionedInfo(ctx context.Context) (system.Info, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+client.DummyHost+"/info", nil)
+	if err != nil {
+		return system.Info{}, err
+	}
+	resp, err := e.api.HTTPClient().Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return system.Info{}, context.Cause(ctx)
+		}
+		return system.Info{}, &unreachableError{err: err}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		err := fmt.Errorf("error response from daemon (HTTP %d): %s", resp.StatusCode, bytes.TrimSpace(body))
+		if resp.StatusCode == http.StatusForbidden {
+			// As the client types it, so that a socket proxy's refusal is named (proxyRefusal).
+			err = fmt.Errorf("%w: %w", cerrdefs.ErrPermissionDenied, err)
+		}
+		return system.Info{}, err
+	}
+	var got struct {
+		DockerRootDir string
+		ServerVersion string
+		Driver        string
+		DriverStatus  [][2]string
+		Containerd    *struct{ Address string }
+		SystemTime    string
+		Swarm         swarm.Info
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&got); err != nil {
+		return system.Info{}, fmt.Errorf("reading the daemon's info: %w", err)
+	}
+	if v := resp.Header.Get("API-Version"); v != "" {
+		e.api.NegotiateAPIVersionPing(types.Ping{APIVersion: v})
+	}
+	info := system.Info{DockerRootDir: got.DockerRootDir, ServerVersion: got.ServerVersion, Driver: got.Driver, DriverStatus: got.DriverStatus, SystemTime: got.SystemTime, Swarm: got.Swarm}
+	if got.Containerd != nil {
+		info.Containerd = &system.ContainerdInfo{Address: got.Containerd.Address}
+	}
+	return info, nil
 }

@@ -60,13 +60,15 @@ type CardGate struct {
 	Warnings string `json:"warnings"`
 }
 
-// CardPhase is one phase on the card.
+// CardPhase is one phase on the card, with every object it removed (or, in a dry run, would
+// remove): a fleet run lists each node's from its card.
 type CardPhase struct {
-	Phase     string `json:"phase"`
-	Status    string `json:"status"`
-	Count     int    `json:"count"`
-	Reclaimed string `json:"reclaimed"`
-	Reason    string `json:"reason"`
+	Phase     string   `json:"phase"`
+	Status    string   `json:"status"`
+	Count     int      `json:"count"`
+	Reclaimed string   `json:"reclaimed"`
+	Reason    string   `json:"reason"`
+	Objects   []Object `json:"objects,omitempty"`
 }
 
 // CardInLog reports whether a card path is the step's log (Drone's /dev/stdout, or /dev/stderr),
@@ -108,7 +110,7 @@ func NewCardData(r *Report) CardData {
 			Evidence: strings.Join(v.Evidence, "; "), Warnings: strings.Join(v.Warnings, "; ")})
 	}
 	for _, p := range r.Phases {
-		d.Phases = append(d.Phases, CardPhase{Phase: p.Phase, Status: p.Status, Count: p.Count, Reclaimed: Human(p.Bytes), Reason: p.Reason})
+		d.Phases = append(d.Phases, CardPhase{Phase: p.Phase, Status: p.Status, Count: p.Count, Reclaimed: Human(p.Bytes), Reason: p.Reason, Objects: p.Objects})
 	}
 	if a := r.Advice; a != nil {
 		var names []string

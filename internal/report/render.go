@@ -136,15 +136,44 @@ func writeFleet(b *strings.Builder, f *FleetReport) {
 	fmt.Fprintf(b, "  %-16s %-34s %7s %7s %8s %10s %4s\n", "node", "decision", "before", "after", "objects", "reclaimed", "exit")
 	objects, bytes := 0, uint64(0)
 	for _, n := range f.Nodes {
-		decision := n.Decision
+		decision, below := n.Decision, ""
 		if n.Problem != "" {
 			decision = "- " + n.Problem
 		}
+		if len(decision) > 34 {
+			// A long problem goes on its own line under the row, to keep the columns.
+			decision, below = "- (see below)", n.Problem
+		}
 		fmt.Fprintf(b, "  %-16s %-34s %7s %7s %8d %10s %4d\n", n.Node, decision, n.DiskBefore, n.DiskAfter, n.Objects, Human(n.Bytes), n.ExitCode)
+		if below != "" {
+			fmt.Fprintf(b, "      %s\n", below)
+		}
 		objects += n.Objects
 		bytes += n.Bytes
 	}
 	fmt.Fprintf(b, "  total: %d object(s), %s\n", objects, Human(bytes))
+	for _, n := range f.Nodes {
+		writeNodeObjects(b, n)
+	}
+}
+
+// writeNodeObjects lists, under a node's name, every object each of its phases removed (or, in a
+// dry run, would remove), as a single-node summary lists its own.
+func writeNodeObjects(b *strings.Builder, n NodeRow) {
+	header := false
+	for _, p := range n.Phases {
+		if len(p.Objects) == 0 {
+			continue
+		}
+		if !header {
+			fmt.Fprintf(b, "  %s:\n", n.Node)
+			header = true
+		}
+		fmt.Fprintf(b, "    %-11s  %s %d, %s\n", p.Phase, p.Status, p.Count, p.Reclaimed)
+		for _, o := range p.Objects {
+			fmt.Fprintf(b, "                 %s %s %s\n", shortID(o.ID), o.Name, Human(uint64(max(o.Size, 0))))
+		}
+	}
 }
 
 // writeAdvice says what holds the space beyond the conservative tier. Nothing it names is removed.

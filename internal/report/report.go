@@ -191,4 +191,7 @@ type NodeRow struct {
 	ExitCode   int    `json:"exit_code"`
 	// Problem says why a node has no result: down, drained, its task never ran or left no report.
 	Problem string `json:"problem,omitempty"`
+	// Phases are the node's phases as its card gave them, each with the objects it removed (or,
+	// in a dry run, would remove).
+	Phases []CardPhase `json:"phases,omitempty"`
 }

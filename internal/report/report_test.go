@@ -201,6 +201,10 @@ func TestReadCard(t *testing.T) {
 	if _, err := ReadCard([]byte("no card here\n")); err == nil {
 		t.Fatal("a log without a card must be an error")
 	}
+	// Every object of every phase comes back: a fleet run lists each node's from its card.
+	if len(card.Phases) != 3 || len(card.Phases[0].Objects) != 2 || card.Phases[0].Objects[1].ID != "c2" {
+		t.Errorf("card phases %+v; want the containers phase's c1 and c2", card.Phases)
+	}
 }
 
 // A file that cannot be written after the run turns exit 0 into exit 1, and every output still
