@@ -62,6 +62,20 @@ func startSwarm(t *testing.T) *fleetSwarm {
 	return s
 }
 
+// liveRunOn starts a running container on node i carrying a label of its own, removed at cleanup,
+// and returns the label's key: a live run for run_labels.
+func (s *fleetSwarm) liveRunOn(t *testing.T, i int) string {
+	t.Helper()
+	key := "dgp.run." + fixtures.RandomHex(3)
+	c := s.nodes[i]
+	created, err := c.ContainerCreate(harness.Ctx(), &container.Config{Image: harness.SleeperImage, Cmd: []string{"/sleeper"}, Labels: map[string]string{key: "1"}},
+		&container.HostConfig{NetworkMode: "none"}, nil, nil, "")
+	harness.Must(t, err)
+	t.Cleanup(func() { _ = c.ContainerRemove(harness.Ctx(), created.ID, container.RemoveOptions{Force: true}) })
+	harness.Must(t, c.ContainerStart(harness.Ctx(), created.ID, container.StartOptions{}))
+	return key
+}
+
 // node i's name in the swarm.
 func (s *fleetSwarm) node(i int) string { return s.name + string(rune('1'+i)) }
 
@@ -232,13 +246,7 @@ func TestFleet(t *testing.T) {
 	})
 
 	t.Run("a run label on node 2 holds node 2 only", func(t *testing.T) {
-		key := "dgp.run." + fixtures.RandomHex(3)
-		c2 := s.nodes[1]
-		created, err := c2.ContainerCreate(harness.Ctx(), &container.Config{Image: harness.SleeperImage, Cmd: []string{"/sleeper"}, Labels: map[string]string{key: "1"}},
-			&container.HostConfig{NetworkMode: "none"}, nil, nil, "")
-		harness.Must(t, err)
-		harness.Must(t, c2.ContainerStart(harness.Ctx(), created.ID, container.StartOptions{}))
-		t.Cleanup(func() { _ = c2.ContainerRemove(harness.Ctx(), created.ID, container.RemoveOptions{Force: true}) })
+		key := s.liveRunOn(t, 1)
 		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_RUN_LABELS": key})
 		rows := rowsByNode(r)
 		if r.code != 0 || rows[s.node(1)].Decision != "skipped: no_run" || !phasesRan(rows[s.node(0)]) || !phasesRan(rows[s.node(2)]) {
@@ -251,13 +259,7 @@ func TestFleet(t *testing.T) {
 		// share with the manager. Its run started after the manager made the job (at least tens of
 		// milliseconds later), so its task is still running when the manager's run stops, while
 		// nodes 1 and 3 have finished theirs.
-		key := "dgp.run." + fixtures.RandomHex(3)
-		c2 := s.nodes[1]
-		created, err := c2.ContainerCreate(harness.Ctx(), &container.Config{Image: harness.SleeperImage, Cmd: []string{"/sleeper"}, Labels: map[string]string{key: "1"}},
-			&container.HostConfig{NetworkMode: "none"}, nil, nil, "")
-		harness.Must(t, err)
-		harness.Must(t, c2.ContainerStart(harness.Ctx(), created.ID, container.StartOptions{}))
-		t.Cleanup(func() { _ = c2.ContainerRemove(harness.Ctx(), created.ID, container.RemoveOptions{Force: true}) })
+		key := s.liveRunOn(t, 1)
 		r := s.run(t, map[string]string{"PLUGIN_FORCE": "true", "PLUGIN_RUN_LABELS": key, "PLUGIN_WAIT": "7950ms", "PLUGIN_TIMEOUT": "8s"})
 		rows := rowsByNode(r)
 		if r.code != outcome.ExitRuntime || !strings.Contains(r.stderr, "timeout 8s reached") || len(rows) != 3 {
