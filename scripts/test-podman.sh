@@ -28,12 +28,13 @@ dir_of() { printf '%s/%s' "$DGP_RUN" "$1"; }
 netns_of() { printf 'dgppod-%s-%s' "$1" "$(printf '%s' "$DGP_RUN" | sha256sum | cut -c1-6)"; }
 socket_of() { printf '%s/podman.sock' "$(dir_of "$1")"; }
 
-# podman_cmd NAME ARGS...: podman with NAME's own state, inside its namespace.
+# podman_cmd NAME ARGS...: podman with NAME's own state, inside its namespace. It execs podman, so
+# call it in a subshell: started as `(podman_cmd ...) &`, $! is the podman process itself.
 podman_cmd() {
 	local name="$1" d
 	shift
 	d="$(dir_of "$name")"
-	CONTAINERS_CONF="$d/containers.conf" ip netns exec "$(netns_of "$name")" podman \
+	CONTAINERS_CONF="$d/containers.conf" exec ip netns exec "$(netns_of "$name")" podman \
 		--root "$d/root" --runroot "$d/runroot" --tmpdir "$d/tmp" --storage-driver vfs \
 		--network-config-dir "$d/net" --cgroup-manager cgroupfs --events-backend file "$@"
 }
@@ -54,7 +55,7 @@ cmd_start() {
 	printf '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nevents_logfile_path = "%s/events.log"\n' "$d" >"$d/containers.conf"
 	ip netns add "$ns"
 	ip netns exec "$ns" ip link set lo up
-	podman_cmd "$name" system service --time=0 "unix://$sock" >"$d/log" 2>&1 </dev/null &
+	(podman_cmd "$name" system service --time=0 "unix://$sock") >"$d/log" 2>&1 </dev/null &
 	echo "$!" >"$d/pid"
 	deadline=$((SECONDS + ${DGP_START_TIMEOUT:-60}))
 	until curl -fsS --unix-socket "$sock" http://podman/_ping >/dev/null 2>&1; do
@@ -80,12 +81,15 @@ cmd_stop() {
 	ns="$(netns_of "$name")"
 	if [ -e "$d/pid" ]; then
 		# Containers first: conmon outlives the service.
-		podman_cmd "$name" rm --all --force --time 0 >/dev/null 2>&1 || true
+		(podman_cmd "$name" rm --all --force --time 0) >/dev/null 2>&1 || true
 		pid="$(cat "$d/pid")"
 		kill "$pid" 2>/dev/null || true
 		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 		kill -9 "$pid" 2>/dev/null || true
 		rm -f "$d/pid"
+	fi
+	if pgrep -f -- "--root $d/root" >/dev/null; then
+		die "a podman process of $name is still running: $(pgrep -af -- "--root $d/root" | head -3)"
 	fi
 	awk -v p="$d/" 'index($5, p) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" || true; done
 	[ ! -e "/run/netns/$ns" ] || ip netns delete "$ns"
