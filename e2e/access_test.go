@@ -2,12 +2,10 @@ package e2e
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"maps"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,12 +97,7 @@ func startRecordingProxyTo(t *testing.T, sock, engine string) *recordingProxy {
 	ln, err := net.Listen("unix", sock)
 	harness.Must(t, err)
 	p := &recordingProxy{host: "unix://" + sock, calls: map[string]bool{}}
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) { pr.Out.URL.Scheme, pr.Out.URL.Host = "http", "docker" },
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", engine)
-		}},
-	}
+	rp := engineReverseProxy(engine)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, ok := access.Find(r.Method, r.URL.Path)
 		p.mu.Lock()

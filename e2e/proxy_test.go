@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drone-gated-prune/drone-gated-prune/internal/access"
 	"github.com/drone-gated-prune/drone-gated-prune/internal/harness"
 )
 
@@ -31,10 +32,18 @@ type faultProxy struct {
 	seen           chan string
 }
 
-var versionPrefix = regexp.MustCompile(`^/v[0-9.]+`)
+func route(r *http.Request) string { return access.Route(r.Method, r.URL.Path) }
 
-func route(r *http.Request) string {
-	return r.Method + " " + versionPrefix.ReplaceAllString(r.URL.Path, "")
+// engineReverseProxy passes requests unchanged to the engine's unix socket.
+func engineReverseProxy(engine string) *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", "docker"
+		},
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", engine)
+		}},
+	}
 }
 
 func startProxy(t *testing.T, p *faultProxy) *faultProxy {
@@ -47,19 +56,12 @@ func startProxy(t *testing.T, p *faultProxy) *faultProxy {
 	harness.Must(t, err)
 	p.host = "unix://" + sock
 	p.seen = make(chan string, 100)
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", "docker"
-		},
-		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", harness.EngineSocket())
-		}},
-		ModifyResponse: func(resp *http.Response) error {
-			if p.beforeResponse != nil {
-				p.beforeResponse(route(resp.Request))
-			}
-			return nil
-		},
+	rp := engineReverseProxy(harness.EngineSocket())
+	rp.ModifyResponse = func(resp *http.Response) error {
+		if p.beforeResponse != nil {
+			p.beforeResponse(route(resp.Request))
+		}
+		return nil
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rt := route(r)
