@@ -8,7 +8,6 @@ package access
 import (
 	"fmt"
 	"regexp"
-	"slices"
 	"strings"
 )
 
@@ -63,10 +62,14 @@ func (c Call) pathPattern() string {
 	return b.String()
 }
 
-// matches reports whether a request is this call.
-func (c Call) matches(method, path string) bool {
-	return method == c.Method && regexp.MustCompile(c.pathPattern()).MatchString(path)
-}
+// callPatterns are the calls' path patterns, compiled once, in the order of Calls.
+var callPatterns = func() []*regexp.Regexp {
+	out := make([]*regexp.Regexp, len(Calls))
+	for i, c := range Calls {
+		out[i] = regexp.MustCompile(c.pathPattern())
+	}
+	return out
+}()
 
 // String is the call as the docs write it.
 func (c Call) String() string { return c.Method + " " + c.Path }
@@ -82,11 +85,12 @@ func (c Call) Allow() string {
 
 // Find is the call a request is, if the plugin may send it.
 func Find(method, path string) (Call, bool) {
-	i := slices.IndexFunc(Calls, func(c Call) bool { return c.matches(method, path) })
-	if i < 0 {
-		return Call{}, false
+	for i, c := range Calls {
+		if method == c.Method && callPatterns[i].MatchString(path) {
+			return c, true
+		}
 	}
-	return Calls[i], true
+	return Call{}, false
 }
 
 // Route is a request as the docs write it: the method and the path without the version prefix.
