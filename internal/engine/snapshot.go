@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
@@ -259,8 +260,8 @@ func health(status string) string {
 // the container IDs in the paths the engine mounted over /etc/hostname, /etc/hosts and
 // /etc/resolv.conf, read from /proc/self/mountinfo. A container that shares another's network
 // (an Actions runner's docker:// step shares its job container's, whose hostname it also gets)
-// has that container's files.
-func selfNames() []string {
+// has that container's files. Read once: they do not change while the process runs.
+var selfNames = sync.OnceValue(func() []string {
 	var out []string
 	if h, err := os.Hostname(); err == nil {
 		out = append(out, h)
@@ -270,7 +271,7 @@ func selfNames() []string {
 		return out
 	}
 	return append(out, mountedContainerIDs(string(data))...)
-}
+})
 
 // mountedContainerIDs reads the IDs from mountinfo lines whose mount point is /etc/hostname,
 // /etc/hosts or /etc/resolv.conf and whose root (the path inside the mounted filesystem) holds a
