@@ -22,7 +22,7 @@ import (
 // Client is a connection to one Docker Engine.
 type Client struct {
 	api *client.Client
-	// server watches the answers for Podman's header.
+	// server watches the answers: Podman's header, and a socket proxy's 403.
 	server *serverWatch
 	// QueryTimeout bounds each read (info, one list, one inspect); PruneTimeout bounds each prune or
 	// delete.
@@ -64,8 +64,8 @@ func New(httpClient *http.Client) (*Client, error) {
 // version, "4.3.1"); Docker sends none. The Engine API's bodies do not tell the two apart.
 const libpodHeader = "Libpod-Api-Version"
 
-// serverWatch notes, from the answers that pass anyway, whether the daemon is Podman: no request
-// of its own.
+// serverWatch notes, from the answers that pass anyway, whether the daemon is Podman and which
+// request a socket proxy refused: no request of its own.
 type serverWatch struct {
 	next   http.RoundTripper
 	libpod atomic.Pointer[string]
