@@ -55,6 +55,7 @@ type Swarm interface {
 	Nodes(ctx context.Context) ([]swarm.Node, error)
 	Tasks(ctx context.Context, serviceID string) ([]swarm.Task, error)
 	TaskStdout(ctx context.Context, taskID string) ([]byte, error)
+	FollowTaskStdout(ctx context.Context, taskID string, line func([]byte) bool) error
 }
 
 var _ Engine = (*engine.Client)(nil)

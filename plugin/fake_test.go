@@ -1,7 +1,9 @@
 package plugin
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -47,6 +49,9 @@ type fakeEngine struct {
 	tasksErr func(n int) error
 	taskN    int
 	logs     map[string][]byte
+	// streams are what a followed task log gives, by task ID, before it stays open until the
+	// follow is stopped; a task without one has a log that ends at once.
+	streams  map[string][]byte
 	services []swarm.ServiceSpec
 	removed  []string
 }
@@ -214,6 +219,21 @@ func (f *fakeEngine) TaskStdout(_ context.Context, id string) ([]byte, error) {
 		return nil, fmt.Errorf("reading its task's log: no such task %s", id)
 	}
 	return log, nil
+}
+
+func (f *fakeEngine) FollowTaskStdout(ctx context.Context, id string, line func([]byte) bool) error {
+	f.called("FollowTaskStdout")
+	stream, ok := f.streams[id]
+	if !ok {
+		return errors.New("its task's log ended")
+	}
+	for _, l := range bytes.SplitAfter(stream, []byte("\n")) {
+		if l, whole := bytes.CutSuffix(l, []byte("\n")); whole && line(l) {
+			return nil
+		}
+	}
+	<-ctx.Done()
+	return ctx.Err()
 }
 
 var _ Engine = (*fakeEngine)(nil)

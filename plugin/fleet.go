@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/docker/docker/api/types/mount"
@@ -180,6 +181,17 @@ type fleetWait struct {
 	final    map[string]bool
 	// imageFailed is set when a node could not get or start the image.
 	imageFailed bool
+	// followed are the tasks whose log is followed; cards brings the cards read that way.
+	followed  map[string]bool
+	cards     chan followedCard
+	followers sync.WaitGroup
+}
+
+// followedCard is the card a node's followed log gave.
+type followedCard struct {
+	node string
+	card report.CardData
+	err  error
 }
 
 // fleetResults waits for the job's task on every node that can run one, reading each task's card
@@ -191,8 +203,12 @@ func (r *Run) fleetResults(ctx context.Context, serviceID, image string) (*fleet
 	if err != nil {
 		return nil, nil, err
 	}
-	w := &fleetWait{r: r, image: image, final: map[string]bool{}}
+	w := &fleetWait{r: r, image: image, final: map[string]bool{}, followed: map[string]bool{}, cards: make(chan followedCard)}
 	w.rows, w.eligible = nodeRows(nodes)
+	// The followed logs end with the wait, whichever way it ends.
+	fctx, stopFollowing := context.WithCancel(ctx)
+	defer w.followers.Wait()
+	defer stopFollowing()
 	start := time.Now()
 	// last is the latest answer: a look the stop cuts short leaves the one before it.
 	var last []swarm.Task
@@ -208,17 +224,68 @@ func (r *Run) fleetResults(ctx context.Context, serviceID, image string) (*fleet
 		last = tasks
 		for _, t := range tasks {
 			w.look(ctx, t, time.Since(start))
+			w.follow(fctx, t)
 		}
 		if w.done() {
 			return w, sortedRows(w.rows), nil
 		}
-		select {
-		case <-ctx.Done():
-			rows, err := w.timedOut(ctx, last)
-			return w, rows, err
-		case <-time.After(fleetPollAfter(time.Since(start), r.FleetPoll)):
+		next := time.After(fleetPollAfter(time.Since(start), r.FleetPoll))
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				rows, err := w.timedOut(ctx, last)
+				return w, rows, err
+			case c := <-w.cards:
+				w.take(c)
+				if w.done() {
+					return w, sortedRows(w.rows), nil
+				}
+			case <-next:
+				break wait
+			}
 		}
 	}
+}
+
+// follow starts reading the log of a task that is on a node and has not ended, so that the node's
+// card is read as soon as its run prints it, before the swarm records the task as ended. A log
+// that ends or fails without a card changes nothing: the task's end, seen by look, decides.
+func (w *fleetWait) follow(ctx context.Context, t swarm.Task) {
+	if w.rows[t.NodeID] == nil || w.final[t.NodeID] || w.followed[t.ID] || terminalTask(t.Status.State) {
+		return
+	}
+	w.followed[t.ID] = true
+	w.followers.Add(1)
+	go func() {
+		defer w.followers.Done()
+		var got *followedCard
+		_ = w.r.Engine.FollowTaskStdout(ctx, t.ID, func(line []byte) bool {
+			card, ok, err := report.CardLine(line)
+			if ok {
+				got = &followedCard{node: t.NodeID, card: card, err: err}
+			}
+			return ok
+		})
+		if got == nil {
+			return
+		}
+		select {
+		case w.cards <- *got:
+		case <-ctx.Done():
+		}
+	}()
+}
+
+// take fills a node's row from a card its followed log gave; a card that cannot be read is left
+// to the task's end (look reads its whole log then).
+func (w *fleetWait) take(c followedCard) {
+	row := w.rows[c.node]
+	if row == nil || w.final[c.node] || c.err != nil {
+		return
+	}
+	fillRow(row, c.card)
+	w.final[c.node] = true
 }
 
 // look reads one task: the card of a task that has ended, or the problem of one that could not

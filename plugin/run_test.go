@@ -368,6 +368,56 @@ func TestFleetPerNodeOutcomes(t *testing.T) {
 	})
 }
 
+// A node's card is taken from its followed log as soon as its run prints it: the run ends with
+// every row filled while the swarm still reports the tasks running, without reading a whole log.
+// A followed log that ends without a card leaves the node to its task's end.
+func TestFleetReadsCardsAsPrinted(t *testing.T) {
+	nodes := []swarm.Node{
+		node("n1", "a-streamed", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+		node("n2", "b-streamed", swarm.NodeStateReady, swarm.NodeAvailabilityActive),
+	}
+	noise := []byte("time=\"...\" level=info msg=\"measuring\"\n")
+	e := &fakeEngine{snapshot: fleetManager, nodes: nodes, streams: map[string][]byte{
+		"t1": append(slices.Clone(noise), cardLog(t, "pruned", 0, 2)...),
+		"t2": cardLog(t, "pruned", 3, 1),
+	}}
+	e.tasks = func(int) []swarm.Task {
+		return []swarm.Task{task("t1", "n1", swarm.TaskStateRunning, 0), task("t2", "n2", swarm.TaskStateStarting, 0)}
+	}
+	rep, err := testRun(t, e, map[string]string{"fleet": "true", "fleet_image": "plugin:test", "timeout": "10s"}).Execute(context.Background())
+	if rep.ExitCode != outcome.ExitPolicy || err == nil || !strings.Contains(err.Error(), "b-streamed") {
+		t.Fatalf("exit %d, %v; want 3 naming b-streamed (from its card, its task still starting)", rep.ExitCode, err)
+	}
+	want := []report.NodeRow{
+		{Node: "a-streamed", Decision: "pruned", Objects: 2, Bytes: 1000, ExitCode: 0},
+		{Node: "b-streamed", Decision: "pruned", Objects: 1, Bytes: 1000, ExitCode: 3},
+	}
+	if got := withoutPhases(rep.Fleet.Nodes); !reflect.DeepEqual(got, want) {
+		t.Errorf("rows\n%+v\nwant\n%+v", got, want)
+	}
+	if n := count(e.Calls(), "FollowTaskStdout"); n != 2 || count(e.Calls(), "TaskStdout") != 0 {
+		t.Errorf("calls %v: want each task's log followed once and no whole log read", e.Calls())
+	}
+
+	t.Run("a log that ends without a card", func(t *testing.T) {
+		e := &fakeEngine{snapshot: fleetManager, nodes: nodes[:1], logs: map[string][]byte{"t1": cardLog(t, "pruned", 0, 2)},
+			streams: map[string][]byte{"t1": noise}}
+		e.tasks = func(n int) []swarm.Task {
+			if n < 3 {
+				return []swarm.Task{task("t1", "n1", swarm.TaskStateRunning, 0)}
+			}
+			return []swarm.Task{task("t1", "n1", swarm.TaskStateComplete, 0)}
+		}
+		rep, err := testRun(t, e, map[string]string{"fleet": "true", "fleet_image": "plugin:test", "timeout": "10s"}).Execute(context.Background())
+		if err != nil || len(rep.Fleet.Nodes) != 1 || rep.Fleet.Nodes[0].Decision != "pruned" {
+			t.Fatalf("%v, rows %+v; want a-streamed's card read once its task ended", err, rep.Fleet.Nodes)
+		}
+		if count(e.Calls(), "FollowTaskStdout") != 1 || count(e.Calls(), "TaskStdout") != 1 || count(e.Calls(), "Tasks") != 3 {
+			t.Errorf("calls %v: want one follow, three looks, and the whole log read at the end", e.Calls())
+		}
+	})
+}
+
 // Right after a timeout each node's row says what became of its task: a node whose task had
 // ended keeps its card, one whose task was under way says so, one that never got a task says it
 // never ran. The run's error names the timeout.

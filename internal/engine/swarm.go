@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -96,4 +97,57 @@ func (e *Client) TaskStdout(ctx context.Context, taskID string) ([]byte, error) 
 		return nil, fmt.Errorf("reading its task's log: %w", err)
 	}
 	return stdout.Bytes(), nil
+}
+
+// FollowTaskStdout follows a task's standard output as the node sends it (GET
+// /tasks/{id}/logs?follow=1), from before its container starts, handing line each whole line until
+// line returns true, the log ends or ctx ends. A node's output reaches the manager before the swarm
+// has recorded the task as ended: its report can be read 0.1 to 0.2 s sooner this way. The stream
+// lasts as long as the task, so no query deadline bounds it; ctx does.
+func (e *Client) FollowTaskStdout(ctx context.Context, taskID string, line func([]byte) bool) error {
+	rc, err := e.api.TaskLogs(ctx, taskID, container.LogsOptions{ShowStdout: true, Follow: true})
+	if err != nil {
+		return fmt.Errorf("following its task's log: %w", err)
+	}
+	defer rc.Close()
+	w := &lineWriter{line: line}
+	_, err = stdcopy.StdCopy(w, io.Discard, rc)
+	switch {
+	case errors.Is(err, errLineTaken):
+		return nil
+	case err != nil:
+		return fmt.Errorf("following its task's log: %w", err)
+	}
+	return errors.New("its task's log ended")
+}
+
+// errLineTaken stops a followed log: the line was the one wanted.
+var errLineTaken = errors.New("line taken")
+
+// maxLine bounds a line of a followed log (a node's card is a few kilobytes).
+const maxLine = 4 << 20
+
+// lineWriter hands each whole line written to it to line, without its newline.
+type lineWriter struct {
+	line    func([]byte) bool
+	pending []byte
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.pending = append(w.pending, p...)
+	for {
+		i := bytes.IndexByte(w.pending, '\n')
+		if i < 0 {
+			break
+		}
+		l := w.pending[:i]
+		w.pending = w.pending[i+1:]
+		if w.line(l) {
+			return len(p), errLineTaken
+		}
+	}
+	if len(w.pending) > maxLine {
+		return len(p), fmt.Errorf("a line longer than %d bytes", maxLine)
+	}
+	return len(p), nil
 }

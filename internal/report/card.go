@@ -145,24 +145,31 @@ func ReadCard(log []byte) (CardData, error) {
 	sc := bufio.NewScanner(bytes.NewReader(log))
 	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		start := strings.Index(line, cardPrefix)
-		if start < 0 {
-			continue
+		if card, ok, err := CardLine(sc.Bytes()); ok || err != nil {
+			return card, err
 		}
-		encoded, _, _ := strings.Cut(line[start+len(cardPrefix):], cardSuffix)
-		raw, err := base64.StdEncoding.DecodeString(encoded)
-		if err != nil {
-			return CardData{}, fmt.Errorf("its card is not base64: %w", err)
-		}
-		var card Card
-		if err := json.Unmarshal(raw, &card); err != nil {
-			return CardData{}, fmt.Errorf("its card is not JSON: %w", err)
-		}
-		return card.Data, nil
 	}
 	if err := sc.Err(); err != nil {
 		return CardData{}, fmt.Errorf("reading its log: %w", err)
 	}
 	return CardData{}, fmt.Errorf("no card in its log")
+}
+
+// CardLine reads the card in one whole log line; ok is false for a line that holds none. A fleet
+// run reads its nodes' logs line by line as they come (ReadCard reads a whole log).
+func CardLine(line []byte) (card CardData, ok bool, err error) {
+	_, rest, found := bytes.Cut(line, []byte(cardPrefix))
+	if !found {
+		return CardData{}, false, nil
+	}
+	encoded, _, _ := bytes.Cut(rest, []byte(cardSuffix))
+	raw, err := base64.StdEncoding.DecodeString(string(encoded))
+	if err != nil {
+		return CardData{}, true, fmt.Errorf("its card is not base64: %w", err)
+	}
+	var c Card
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return CardData{}, true, fmt.Errorf("its card is not JSON: %w", err)
+	}
+	return c.Data, true, nil
 }
