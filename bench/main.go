@@ -90,7 +90,9 @@ type env struct {
 	dir        string
 	pluginBin  string
 	sleeperBin string
-	t          *table
+	// floorBin is the no-op's yardstick (bench/noopfloor).
+	floorBin string
+	t        *table
 }
 
 func run(cfg config) error {
@@ -108,8 +110,9 @@ func run(cfg config) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	e := &env{api: api, dir: dir, pluginBin: filepath.Join(dir, "drone-gated-prune"), sleeperBin: filepath.Join(dir, "sleeper"), t: &table{}}
-	if err := fixtures.BuildStatic(map[string]string{e.pluginBin: ".", e.sleeperBin: "./e2e/testdata/sleeper"}, "bench"); err != nil {
+	e := &env{api: api, dir: dir, pluginBin: filepath.Join(dir, "drone-gated-prune"), sleeperBin: filepath.Join(dir, "sleeper"),
+		floorBin: filepath.Join(dir, "noopfloor"), t: &table{}}
+	if err := fixtures.BuildStatic(map[string]string{e.pluginBin: ".", e.sleeperBin: "./e2e/testdata/sleeper", e.floorBin: "./bench/noopfloor"}, "bench"); err != nil {
 		return err
 	}
 	start := time.Now()
