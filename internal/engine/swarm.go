@@ -102,8 +102,9 @@ func (e *Client) TaskStdout(ctx context.Context, taskID string) ([]byte, error) 
 // FollowTaskStdout follows a task's standard output as the node sends it (GET
 // /tasks/{id}/logs?follow=1), from before its container starts, handing line each whole line until
 // line returns true, the log ends or ctx ends. A node's output reaches the manager before the swarm
-// has recorded the task as ended: its report can be read 0.1 to 0.2 s sooner this way. The stream
-// lasts as long as the task, so no query deadline bounds it; ctx does.
+// has recorded the task as ended: on the lab swarm its last line came 0.14 to 0.42 s sooner. The
+// stream lasts as long as the task, so no query deadline bounds it; ctx does. line must not keep
+// the slice it is given.
 func (e *Client) FollowTaskStdout(ctx context.Context, taskID string, line func([]byte) bool) error {
 	rc, err := e.api.TaskLogs(ctx, taskID, container.LogsOptions{ShowStdout: true, Follow: true})
 	if err != nil {
