@@ -83,6 +83,8 @@ type recordingProxy struct {
 	mu        sync.Mutex
 	calls     map[string]bool
 	forbidden []string
+	// followedLogs counts the task logs asked for as a stream (GET /tasks/{id}/logs?follow=1).
+	followedLogs int
 }
 
 func startRecordingProxy(t *testing.T) *recordingProxy {
@@ -103,6 +105,9 @@ func startRecordingProxyTo(t *testing.T, sock, engine string) *recordingProxy {
 		p.mu.Lock()
 		if ok {
 			p.calls[c.String()] = true
+			if c.Path == "/tasks/{id}/logs" && r.URL.Query().Get("follow") == "1" {
+				p.followedLogs++
+			}
 		} else {
 			p.forbidden = append(p.forbidden, access.Route(r.Method, r.URL.Path))
 		}
@@ -201,6 +206,14 @@ func TestFleetAPIAccess(t *testing.T) {
 		"PLUGIN_FLEET_SOCKET": fixtures.EngineRunDir() + "/{{.Node.Hostname}}/rec.sock"})
 	if r.code != 0 || r.report.Decision != report.DecisionFleet {
 		t.Fatalf("fleet run through the recording proxies: exit %d decision %q error %q", r.code, r.report.Decision, r.report.Error)
+	}
+	// Each node's card came from its task's log, followed from the first look (the whole log is
+	// read only when a followed one gave none).
+	manager.mu.Lock()
+	followed := manager.followedLogs
+	manager.mu.Unlock()
+	if followed < len(s.nodes) {
+		t.Errorf("the manager followed %d task logs, want one per node (%d)", followed, len(s.nodes))
 	}
 	recorded := map[string][]string{}
 	calls, forbidden := manager.take()
