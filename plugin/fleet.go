@@ -194,8 +194,9 @@ type followedCard struct {
 	err  error
 }
 
-// fleetResults waits for the job's task on every node that can run one, reading each task's card
-// as soon as it ends, until every eligible node's row is final or ctx ends. A node that is down or
+// fleetResults waits for the job's task on every node that can run one, reading each node's card
+// from its task's followed log as the node prints it (or from the whole log once the task ends, if
+// the followed one gave none), until every eligible node's row is final or ctx ends. A node that is down or
 // drained, whose task left no card, could not start (the image is missing there, for one) or is
 // still short of running after FleetPrepareLimit, gets a row that names the problem and exit code 1.
 func (r *Run) fleetResults(ctx context.Context, serviceID, image string) (*fleetWait, []report.NodeRow, error) {
