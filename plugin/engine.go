@@ -54,8 +54,7 @@ type Swarm interface {
 	RemoveService(ctx context.Context, id string) error
 	Nodes(ctx context.Context) ([]swarm.Node, error)
 	Tasks(ctx context.Context, serviceID string) ([]swarm.Task, error)
-	TaskStdout(ctx context.Context, taskID string) ([]byte, error)
-	FollowTaskStdout(ctx context.Context, taskID string, line func([]byte) bool) error
+	TaskStdoutLines(ctx context.Context, taskID string, follow bool, line func([]byte) bool) error
 }
 
 var _ Engine = (*engine.Client)(nil)

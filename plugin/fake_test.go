@@ -3,7 +3,6 @@ package plugin
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -212,28 +211,30 @@ func (f *fakeEngine) Tasks(context.Context, string) ([]swarm.Task, error) {
 	return f.tasks(f.taskN), nil
 }
 
-func (f *fakeEngine) TaskStdout(_ context.Context, id string) ([]byte, error) {
-	f.called("TaskStdout")
+// TaskStdoutLines records a whole-log read as TaskStdout and a followed one as FollowTaskStdout.
+func (f *fakeEngine) TaskStdoutLines(ctx context.Context, id string, follow bool, line func([]byte) bool) error {
 	log, ok := f.logs[id]
-	if !ok {
-		return nil, fmt.Errorf("reading its task's log: no such task %s", id)
+	if follow {
+		f.called("FollowTaskStdout")
+		if log, ok = f.streams[id]; !ok {
+			return engine.ErrLogEnded
+		}
+	} else {
+		f.called("TaskStdout")
+		if !ok {
+			return fmt.Errorf("reading its task's log: no such task %s", id)
+		}
 	}
-	return log, nil
-}
-
-func (f *fakeEngine) FollowTaskStdout(ctx context.Context, id string, line func([]byte) bool) error {
-	f.called("FollowTaskStdout")
-	stream, ok := f.streams[id]
-	if !ok {
-		return errors.New("its task's log ended")
-	}
-	for _, l := range bytes.SplitAfter(stream, []byte("\n")) {
-		if l, whole := bytes.CutSuffix(l, []byte("\n")); whole && line(l) {
+	for _, l := range bytes.SplitAfter(log, []byte("\n")) {
+		if l := bytes.TrimSuffix(l, []byte("\n")); len(l) > 0 && line(l) {
 			return nil
 		}
 	}
-	<-ctx.Done()
-	return ctx.Err()
+	if follow {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	return engine.ErrLogEnded
 }
 
 var _ Engine = (*fakeEngine)(nil)

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/docker/docker/api/types/swarm"
 
 	"github.com/drone-gated-prune/drone-gated-prune/gates"
+	"github.com/drone-gated-prune/drone-gated-prune/internal/engine"
 	"github.com/drone-gated-prune/drone-gated-prune/internal/outcome"
 	"github.com/drone-gated-prune/drone-gated-prune/internal/report"
 )
@@ -191,7 +193,6 @@ type fleetWait struct {
 type followedCard struct {
 	node string
 	card report.CardData
-	err  error
 }
 
 // fleetResults waits for the job's task on every node that can run one, reading each node's card
@@ -261,10 +262,10 @@ func (w *fleetWait) follow(ctx context.Context, t swarm.Task) {
 	go func() {
 		defer w.followers.Done()
 		var got *followedCard
-		_ = w.r.Engine.FollowTaskStdout(ctx, t.ID, func(line []byte) bool {
+		_ = w.r.Engine.TaskStdoutLines(ctx, t.ID, true, func(line []byte) bool {
 			card, ok, err := report.CardLine(line)
-			if ok {
-				got = &followedCard{node: t.NodeID, card: card, err: err}
+			if ok && err == nil {
+				got = &followedCard{node: t.NodeID, card: card}
 			}
 			return ok
 		})
@@ -278,11 +279,11 @@ func (w *fleetWait) follow(ctx context.Context, t swarm.Task) {
 	}()
 }
 
-// take fills a node's row from a card its followed log gave; a card that cannot be read is left
-// to the task's end (look reads its whole log then).
+// take fills a node's row from the card its followed log gave (a card that cannot be read is not
+// sent: it is left to the task's end, when look reads the whole log).
 func (w *fleetWait) take(c followedCard) {
 	row := w.rows[c.node]
-	if row == nil || w.final[c.node] || c.err != nil {
+	if row == nil || w.final[c.node] {
 		return
 	}
 	fillRow(row, c.card)
@@ -337,16 +338,25 @@ func (w *fleetWait) readCard(ctx context.Context, row *report.NodeRow, t swarm.T
 		}
 		return
 	}
-	log, err := w.r.Engine.TaskStdout(ctx, t.ID)
-	if err == nil {
-		var card report.CardData
-		if card, err = report.ReadCard(log); err == nil {
-			fillRow(row, card)
-			return
-		}
-		err = fmt.Errorf("its task (%s, exit %d) left no report: %w", t.Status.State, taskExit(t), err)
+	var card report.CardData
+	var cardErr error
+	err := w.r.Engine.TaskStdoutLines(ctx, t.ID, false, func(line []byte) bool {
+		var ok bool
+		card, ok, cardErr = report.CardLine(line)
+		return ok
+	})
+	switch {
+	case err == nil && cardErr == nil:
+		fillRow(row, card)
+		return
+	case errors.Is(err, engine.ErrLogEnded):
+		cardErr = errors.New("no card in its log")
+	case err != nil:
+		row.ExitCode, row.Problem = outcome.ExitRuntime, err.Error()
+		return
 	}
-	row.ExitCode, row.Problem = outcome.ExitRuntime, err.Error()
+	row.ExitCode = outcome.ExitRuntime
+	row.Problem = fmt.Sprintf("its task (%s, exit %d) left no report: %v", t.Status.State, taskExit(t), cardErr)
 }
 
 // done reports whether every eligible node's row is final.

@@ -83,32 +83,24 @@ func (e *Client) Tasks(ctx context.Context, serviceID string) ([]swarm.Task, err
 	return tasks, nil
 }
 
-// TaskStdout is what a finished task wrote on its standard output (GET /tasks/{id}/logs).
-func (e *Client) TaskStdout(ctx context.Context, taskID string) ([]byte, error) {
-	ctx, cancel := e.query(ctx)
-	defer cancel()
-	rc, err := e.api.TaskLogs(ctx, taskID, container.LogsOptions{ShowStdout: true})
-	if err != nil {
-		return nil, fmt.Errorf("reading its task's log: %w", err)
-	}
-	defer rc.Close()
-	var stdout bytes.Buffer
-	if _, err := stdcopy.StdCopy(&stdout, io.Discard, rc); err != nil {
-		return nil, fmt.Errorf("reading its task's log: %w", err)
-	}
-	return stdout.Bytes(), nil
-}
+// ErrLogEnded is a task's log that ended before the line wanted.
+var ErrLogEnded = errors.New("its task's log ended")
 
-// FollowTaskStdout follows a task's standard output as the node sends it (GET
-// /tasks/{id}/logs?follow=1), from before its container starts, handing line each whole line until
-// line returns true, the log ends or ctx ends. A node's output reaches the manager before the swarm
-// has recorded the task as ended: on the lab swarm its last line came 0.14 to 0.42 s sooner. The
-// stream lasts as long as the task, so no query deadline bounds it; ctx does. line must not keep
-// the slice it is given.
-func (e *Client) FollowTaskStdout(ctx context.Context, taskID string, line func([]byte) bool) error {
-	rc, err := e.api.TaskLogs(ctx, taskID, container.LogsOptions{ShowStdout: true, Follow: true})
+// TaskStdoutLines hands line each whole line of a task's standard output (GET /tasks/{id}/logs)
+// until line returns true (nil), the log ends (ErrLogEnded) or ctx ends. Without follow it reads
+// what the task has written, within one query's deadline. With follow it reads the output as the
+// node sends it, from before the task's container starts: on the lab swarm a node's last line came
+// 0.14 to 0.42 s before the swarm recorded its task as ended. That stream lasts as long as the
+// task, so only ctx bounds it. line must not keep the slice it is given.
+func (e *Client) TaskStdoutLines(ctx context.Context, taskID string, follow bool, line func([]byte) bool) error {
+	if !follow {
+		var cancel context.CancelFunc
+		ctx, cancel = e.query(ctx)
+		defer cancel()
+	}
+	rc, err := e.api.TaskLogs(ctx, taskID, container.LogsOptions{ShowStdout: true, Follow: follow})
 	if err != nil {
-		return fmt.Errorf("following its task's log: %w", err)
+		return fmt.Errorf("reading its task's log: %w", err)
 	}
 	defer rc.Close()
 	w := &lineWriter{line: line}
@@ -117,15 +109,17 @@ func (e *Client) FollowTaskStdout(ctx context.Context, taskID string, line func(
 	case errors.Is(err, errLineTaken):
 		return nil
 	case err != nil:
-		return fmt.Errorf("following its task's log: %w", err)
+		return fmt.Errorf("reading its task's log: %w", err)
+	case len(w.pending) > 0 && line(w.pending):
+		return nil // its last line, without a newline
 	}
-	return errors.New("its task's log ended")
+	return ErrLogEnded
 }
 
-// errLineTaken stops a followed log: the line was the one wanted.
+// errLineTaken stops reading a log: the line was the one wanted.
 var errLineTaken = errors.New("line taken")
 
-// maxLine bounds a line of a followed log (a node's card is a few kilobytes).
+// maxLine bounds a line of a task's log (a node's card is a few kilobytes).
 const maxLine = 4 << 20
 
 // lineWriter hands each whole line written to it to line, without its newline.

@@ -1,7 +1,6 @@
 package report
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
@@ -27,7 +26,7 @@ type Card struct {
 }
 
 // CardData is the report flattened into the fields the card template shows (docs/card.json); a
-// fleet run reads the same fields back from each node's log (ReadCard).
+// fleet run reads the same fields back from each node's log (CardLine).
 type CardData struct {
 	Version        string      `json:"version"`
 	Decision       string      `json:"decision"`
@@ -139,24 +138,8 @@ func NewCardData(r *Report) CardData {
 	return d
 }
 
-// ReadCard finds the first card line (ESC]1338; base64 JSON ESC]0m) in a log and reads its data:
-// how a fleet run learns what each node's run did.
-func ReadCard(log []byte) (CardData, error) {
-	sc := bufio.NewScanner(bytes.NewReader(log))
-	sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
-	for sc.Scan() {
-		if card, ok, err := CardLine(sc.Bytes()); ok || err != nil {
-			return card, err
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return CardData{}, fmt.Errorf("reading its log: %w", err)
-	}
-	return CardData{}, fmt.Errorf("no card in its log")
-}
-
-// CardLine reads the card in one whole log line; ok is false for a line that holds none. A fleet
-// run reads its nodes' logs line by line as they come (ReadCard reads a whole log).
+// CardLine reads the card (ESC]1338; base64 JSON ESC]0m) in one whole log line; ok is false for a
+// line that holds none. A fleet run learns what each node's run did from the card in its log.
 func CardLine(line []byte) (card CardData, ok bool, err error) {
 	_, rest, found := bytes.Cut(line, []byte(cardPrefix))
 	if !found {

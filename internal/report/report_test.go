@@ -184,8 +184,9 @@ func TestMetricsAnyPath(t *testing.T) {
 	}
 }
 
-// A node's card, written by WriteCard into a log among other lines, reads back whole.
-func TestReadCard(t *testing.T) {
+// A node's card, written by WriteCard into a log among other lines, reads back whole from its line,
+// and no other line holds a card.
+func TestCardLine(t *testing.T) {
 	var log bytes.Buffer
 	log.WriteString("drone-gated-prune 1.0.0\ndecision: pruned\n")
 	rep := sampleReport()
@@ -193,13 +194,22 @@ func TestReadCard(t *testing.T) {
 		t.Fatal(err)
 	}
 	log.WriteString("trailing line\n")
-	card, err := ReadCard(log.Bytes())
+	var card CardData
+	var err error
+	found := 0
+	for _, line := range strings.Split(log.String(), "\n") {
+		c, ok, lerr := CardLine([]byte(line))
+		if ok {
+			card, err = c, lerr
+			found++
+		}
+	}
 	count, bytes := rep.Removed()
-	if err != nil || card.Decision != rep.Decision || card.Objects != count || card.ReclaimedBytes != bytes || card.DiskBefore != "85.0%" {
+	if found != 1 || err != nil || card.Decision != rep.Decision || card.Objects != count || card.ReclaimedBytes != bytes || card.DiskBefore != "85.0%" {
 		t.Fatalf("card %+v, %v; want the report's decision, %d objects, %d bytes", card, err, count, bytes)
 	}
-	if _, err := ReadCard([]byte("no card here\n")); err == nil {
-		t.Fatal("a log without a card must be an error")
+	if _, ok, err := CardLine([]byte("no card here")); ok || err != nil {
+		t.Fatalf("a line without a card read as one (%v)", err)
 	}
 	// Every object of every phase comes back: a fleet run lists each node's from its card.
 	if len(card.Phases) != 3 || len(card.Phases[0].Objects) != 2 || card.Phases[0].Objects[1].ID != "c2" {
